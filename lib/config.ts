@@ -1,0 +1,183 @@
+// Effective configuration: defaults, then /etc/config/dualgate (UCI), then the JSON file named by
+// DUALGATE_CONFIG, then DUALGATE_* environment variables; later wins. Each value remembers its source.
+import { existsSync, readFileSync } from 'node:fs'
+import path from 'node:path'
+import { validate as validCron } from 'node-cron'
+import { z } from 'zod'
+import { parseUci, UciSyntaxError } from './uci.ts'
+
+const ifname = z.string().regex(/^[A-Za-z0-9_.@-]{1,15}$/, 'not an interface name (1-15 of A-Z a-z 0-9 _ . @ -)')
+  .refine((v) => v !== '.' && v !== '..', 'not an interface name')
+const cidr4 = z.string().regex(/^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/, 'expected an IPv4 address with prefix, such as 192.168.1.1/24')
+  .refine((v) => { const [a, p] = v.split('/'); return a.split('.').every((o) => Number(o) <= 255) && Number(p) >= 1 && Number(p) <= 30 }, 'octet above 255 or prefix outside 1-30')
+const int = (min: number, max: number) => z.coerce.number().int('expected a whole number').min(min).max(max)
+const bool = z.union([z.boolean(), z.enum(['0', '1', 'true', 'false', 'yes', 'no', 'on', 'off'])])
+  .transform((v) => v === true || v === '1' || v === 'true' || v === 'yes' || v === 'on')
+const cron = z.string().refine((v) => v === '' || validCron(v), 'not a cron expression (five or six fields; empty disables)')
+const ports = z.union([z.array(z.coerce.number()), z.string()])
+  .transform((v) => (Array.isArray(v) ? v : v.split(/[\s,]+/).filter(Boolean).map(Number)))
+  .pipe(z.array(z.number().int('expected whole port numbers').min(1).max(65535)))
+
+/** Every key: its schema and its default. UCI option names and env names are derived from the key. */
+const spec = {
+  wanIf: [ifname, 'eth0'],
+  lanIf: [ifname, 'eth1'],
+  lanAddr: [cidr4, '192.168.1.1/24'],
+  dataDir: [z.string().min(1), './data'],
+  apiHost: [z.string().regex(/^[0-9A-Fa-f:.]+$|^localhost$/, 'expected an IP address'), '127.0.0.1'],
+  apiPort: [int(1, 65535), 5050],
+  apiToken: [z.string(), ''],
+  jobTimeout: [int(1, 86_400), 300],
+  coalesceWindow: [int(0, 60_000), 1000],
+  maxParallel: [int(1, 512), 32],
+  dhcpTimeout: [int(1, 300), 10],
+  dhcpRetries: [int(0, 20), 3],
+  retryBase: [int(1, 86_400), 30],
+  retryMax: [int(1, 604_800), 3600],
+  staleAfter: [int(10, 31_536_000), 1800],
+  goneRetention: [int(0, 31_536_000), 7 * 86_400],
+  maxDevices: [int(1, 100_000), 1000],
+  backupCount: [int(0, 100), 5],
+  backupInterval: [int(0, 604_800), 3600],
+  logLevel: [z.enum(['error', 'warn', 'info', 'debug']), 'info'],
+  logMaxBytes: [int(4096, 1 << 30), 1 << 20],
+  logFiles: [int(1, 20), 3],
+  arpSweep: [bool, false],
+  dnsmasqLeases: [z.string(), '/tmp/dhcp.leases'],
+  relayPorts: [ports, [80, 23]],
+  dnatPorts: [z.string().regex(/^(all|\d+(-\d+)?(,\d+(-\d+)?)*)$/, 'expected "all" or ports such as 80,443,8000-8100'), 'all'],
+  nat64: [bool, false],
+  nat64Prefix: [z.string(), '64:ff9b::/96'],
+} as const
+
+type Spec = typeof spec
+export type Config = { -readonly [K in keyof Spec]: z.output<Spec[K][0]> } & { schedules: Record<string, string> }
+export type ConfigKey = keyof Spec
+
+const DEFAULT_SCHEDULES: Record<string, string> = {
+  'scan-arp': '*/1 * * * *',
+  'acquire-leases': '*/2 * * * *',
+  'prune-stale': '*/5 * * * *',
+  'refresh-proxies': '*/5 * * * *',
+  diagnose: '17 * * * *',
+}
+
+export interface Loaded {
+  config: Config
+  /** Where each value came from: "default", "uci /etc/config/dualgate", "json <file>", "env DUALGATE_X". */
+  sources: Record<string, string>
+}
+
+export class ConfigError extends Error {}
+
+const snake = (key: string) => key.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)
+const envName = (key: string) => `DUALGATE_${snake(key).toUpperCase()}`
+
+interface Layer { source: (key: string) => string; values: Record<string, unknown> }
+
+export interface LoadOptions {
+  env?: NodeJS.ProcessEnv
+  uciFile?: string
+  cwd?: string
+}
+
+export function loadConfig(opts: LoadOptions = {}): Loaded {
+  const env = opts.env ?? process.env
+  const layers: Layer[] = []
+  const uciFile = opts.uciFile ?? env.DUALGATE_UCI_FILE ?? '/etc/config/dualgate'
+  if (existsSync(uciFile)) layers.push(uciLayer(uciFile))
+  if (env.DUALGATE_CONFIG) layers.push(jsonLayer(env.DUALGATE_CONFIG))
+  layers.push(envLayer(env))
+
+  const config: Record<string, unknown> = {}
+  const sources: Record<string, string> = {}
+  for (const [key, [schema, fallback]] of Object.entries(spec)) {
+    let raw: unknown = fallback
+    let source = 'default'
+    for (const layer of layers) {
+      if (layer.values[key] !== undefined) { raw = layer.values[key]; source = layer.source(key) }
+    }
+    config[key] = parseValue(key, schema, raw, source)
+    sources[key] = source
+  }
+  const schedules: Record<string, string> = {}
+  for (const job of Object.keys(DEFAULT_SCHEDULES)) {
+    let raw: unknown = DEFAULT_SCHEDULES[job]
+    let source = 'default'
+    for (const layer of layers) {
+      const v = (layer.values.schedules as Record<string, unknown> | undefined)?.[job]
+      if (v !== undefined) { raw = v; source = layer.source(`schedules.${job}`) }
+    }
+    schedules[job] = parseValue(`schedules.${job}`, cron, raw, source) as string
+    sources[`schedules.${job}`] = source
+  }
+  config.schedules = schedules
+  config.dataDir = path.resolve(opts.cwd ?? process.cwd(), config.dataDir as string)
+  return { config: config as Config, sources }
+}
+
+function parseValue(key: string, schema: z.ZodType, raw: unknown, source: string): unknown {
+  const result = schema.safeParse(raw)
+  if (result.success) return result.data
+  const why = result.error.issues.map((i) => i.message).join('; ')
+  throw new ConfigError(`config: ${key} = ${JSON.stringify(raw)} from ${source}: ${why}`)
+}
+
+function uciLayer(file: string): Layer {
+  let sections
+  try {
+    sections = parseUci(readFileSync(file, 'utf8'))
+  } catch (err) {
+    if (err instanceof UciSyntaxError) throw new ConfigError(`config: ${file}: ${err.message}`)
+    throw err
+  }
+  const byOption = Object.fromEntries(Object.keys(spec).map((k) => [snake(k), k]))
+  const values: Record<string, unknown> = {}
+  const schedules: Record<string, string> = {}
+  for (const section of sections) {
+    if (section.type === 'dualgate') {
+      for (const [option, value] of Object.entries(section.options)) {
+        const key = byOption[option]
+        if (!key) throw new ConfigError(`config: ${file}: unknown option "${option}" in config dualgate`)
+        values[key] = Array.isArray(value) ? value.join(',') : value
+      }
+    } else if (section.type === 'job') {
+      const job = (section.name ?? '').replaceAll('_', '-')
+      if (!(job in DEFAULT_SCHEDULES)) throw new ConfigError(`config: ${file}: unknown job "${section.name}"`)
+      if (typeof section.options.schedule === 'string') schedules[job] = section.options.schedule
+    }
+  }
+  values.schedules = schedules
+  return { source: () => `uci ${file}`, values }
+}
+
+function jsonLayer(file: string): Layer {
+  let values: Record<string, unknown>
+  try {
+    values = JSON.parse(readFileSync(file, 'utf8'))
+  } catch (err) {
+    throw new ConfigError(`config: ${file} (DUALGATE_CONFIG): ${(err as Error).message}`)
+  }
+  if (typeof values !== 'object' || values === null || Array.isArray(values)) throw new ConfigError(`config: ${file}: expected a JSON object`)
+  for (const key of Object.keys(values)) {
+    if (key !== 'schedules' && !(key in spec)) throw new ConfigError(`config: ${file}: unknown key "${key}"`)
+  }
+  return { source: () => `json ${file}`, values }
+}
+
+const scheduleEnv = (job: string) => `DUALGATE_SCHEDULE_${job.replaceAll('-', '_').toUpperCase()}`
+
+function envLayer(env: NodeJS.ProcessEnv): Layer {
+  const values: Record<string, unknown> = {}
+  for (const key of Object.keys(spec)) {
+    const value = env[envName(key)]
+    if (value !== undefined) values[key] = value
+  }
+  const schedules: Record<string, string> = {}
+  for (const job of Object.keys(DEFAULT_SCHEDULES)) {
+    const value = env[scheduleEnv(job)]
+    if (value !== undefined) schedules[job] = value
+  }
+  values.schedules = schedules
+  return { source: (key) => `env ${key.startsWith('schedules.') ? scheduleEnv(key.slice(10)) : envName(key)}`, values }
+}

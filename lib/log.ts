@@ -1,0 +1,60 @@
+// consola with a tag per job: human lines on stderr (stdout stays clean for --json), and JSON lines in
+// $DATA_DIR/logs/dualgate.log, capped in size and rotated (dualgate.log.1, .2, ...).
+import { appendFileSync, mkdirSync, renameSync, statSync } from 'node:fs'
+import path from 'node:path'
+import { formatWithOptions } from 'node:util'
+import { createConsola, type ConsolaInstance, type LogObject } from 'consola'
+
+export type Logger = ConsolaInstance
+
+const LEVELS = { error: 0, warn: 1, info: 3, debug: 4 } as const
+
+export interface LogOptions {
+  tag: string
+  level?: keyof typeof LEVELS
+  /** Where JSON lines go; omitted: no file. */
+  dataDir?: string
+  maxBytes?: number
+  files?: number
+}
+
+export function logFile(dataDir: string): string {
+  return path.join(dataDir, 'logs', 'dualgate.log')
+}
+
+export function createLogger(opts: LogOptions): Logger {
+  const log = createConsola({ level: LEVELS[opts.level ?? 'info'], stdout: process.stderr, stderr: process.stderr }).withTag(opts.tag)
+  if (opts.dataDir) log.addReporter({ log: jsonLines(logFile(opts.dataDir), opts.maxBytes ?? 1 << 20, opts.files ?? 3) })
+  return log
+}
+
+/** Plain objects among the arguments become fields of the JSON line (`log.info('msg', { mac })`). */
+function jsonLines(file: string, maxBytes: number, files: number) {
+  let dirReady = false
+  return (entry: LogObject) => {
+    const fields: Record<string, unknown> = {}
+    const words: unknown[] = []
+    for (const arg of entry.args) {
+      if (arg && typeof arg === 'object' && !Array.isArray(arg) && !(arg instanceof Error)) Object.assign(fields, arg)
+      else words.push(arg instanceof Error ? arg.message : arg)
+    }
+    const line = JSON.stringify({ time: entry.date.toISOString(), level: entry.type, tag: entry.tag || undefined, msg: formatWithOptions({ colors: false }, ...words), ...fields })
+    try {
+      if (!dirReady) { mkdirSync(path.dirname(file), { recursive: true }); dirReady = true }
+      rotate(file, maxBytes, files)
+      appendFileSync(file, `${line}\n`)
+    } catch {
+      // A full or read-only disk must not stop the gateway; the stderr line was still written.
+    }
+  }
+}
+
+function rotate(file: string, maxBytes: number, files: number): void {
+  let size = 0
+  try { size = statSync(file).size } catch { return }
+  if (size < maxBytes) return
+  for (let i = files - 1; i >= 1; i--) {
+    try { renameSync(i === 1 ? file : `${file}.${i - 1}`, `${file}.${i}`) } catch { /* gap in the rotation */ }
+  }
+  if (files === 1) try { renameSync(file, `${file}.old`) } catch { /* raced with another process */ }
+}

@@ -1,0 +1,105 @@
+// The store's document: its schema, its version, and the migrations that bring older files forward.
+import { z } from 'zod'
+
+export const STORE_VERSION = 1
+
+export const DEVICE_STATUSES = ['discovered', 'acquiring', 'active', 'failed', 'gone'] as const
+export type DeviceStatus = (typeof DEVICE_STATUSES)[number]
+
+const isoTime = z.string().datetime()
+
+export const deviceSchema = z.object({
+  mac: z.string().regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/),
+  status: z.enum(DEVICE_STATUSES),
+  statusChangedAt: isoTime,
+  firstSeen: isoTime,
+  lastSeen: isoTime,
+  lanIpv4: z.string().optional(),
+  hostname: z.string().optional(),
+  ifname: z.string().optional(),
+  wanIpv4: z.string().optional(),
+  wanIpv4Expires: isoTime.optional(),
+  wanIpv6: z.array(z.string()).default([]),
+  reason: z.string().optional(),
+  attempts: z.number().int().min(0).default(0),
+  nextRetry: isoTime.optional(),
+})
+export type Device = z.infer<typeof deviceSchema>
+
+export const forwardSchema = z.object({
+  id: z.string(),
+  gatewayPort: z.number().int().min(1).max(65535),
+  deviceIp: z.string(),
+  devicePort: z.number().int().min(1).max(65535),
+  proto: z.enum(['tcp', 'udp']),
+  family: z.enum(['4', '6', 'both']),
+  createdAt: isoTime,
+})
+export type Forward = z.infer<typeof forwardSchema>
+
+export const runSchema = z.object({
+  id: z.string(),
+  job: z.string(),
+  trigger: z.string(),
+  startedAt: isoTime,
+  durationMs: z.number().min(0),
+  ok: z.boolean(),
+  error: z.string().optional(),
+  result: z.unknown().optional(),
+})
+export type Run = z.infer<typeof runSchema>
+
+export const upstreamSchema = z.object({
+  wanUp: z.boolean().default(true),
+  checkedAt: isoTime.optional(),
+  dhcpv4: z.boolean().optional(),
+  ra: z.boolean().optional(),
+  dhcpv6: z.boolean().optional(),
+  prefixes: z.array(z.string()).default([]),
+})
+
+export const dataSchema = z.object({
+  version: z.literal(STORE_VERSION),
+  devices: z.record(z.string(), deviceSchema).default({}),
+  forwards: z.array(forwardSchema).default([]),
+  runs: z.array(runSchema).default([]),
+  jobs: z.record(z.string(), z.object({ runs: z.number(), failures: z.number(), last: runSchema.optional() })).default({}),
+  upstream: upstreamSchema.default({ wanUp: true, prefixes: [] }),
+  meta: z.object({ createdAt: isoTime, writes: z.number().int().min(0) }),
+})
+export type Data = z.infer<typeof dataSchema>
+
+export function emptyData(now = new Date()): Data {
+  return dataSchema.parse({ version: STORE_VERSION, meta: { createdAt: now.toISOString(), writes: 0 } })
+}
+
+/** Migrations by the version they upgrade from. Files from before versioning are treated as version 0. */
+const migrations: Record<number, (doc: Record<string, unknown>) => Record<string, unknown>> = {
+  0: (doc) => ({ ...doc, version: 1, meta: doc.meta ?? { createdAt: new Date().toISOString(), writes: 0 } }),
+}
+
+export class SchemaError extends Error {}
+
+/** Parses a stored document: migrates it forward, then validates it. Throws SchemaError with the reason. */
+export function parseData(text: string): Data {
+  let doc: unknown
+  try {
+    doc = JSON.parse(text)
+  } catch (err) {
+    throw new SchemaError(`not JSON (${(err as Error).message})`)
+  }
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw new SchemaError('not a JSON object')
+  let record = doc as Record<string, unknown>
+  let version = typeof record.version === 'number' ? record.version : 0
+  if (version > STORE_VERSION) throw new SchemaError(`written by a newer dualgate (store version ${version}, this one reads ${STORE_VERSION})`)
+  while (version < STORE_VERSION) {
+    record = migrations[version](record)
+    version = record.version as number
+  }
+  const result = dataSchema.safeParse(record)
+  if (!result.success) {
+    const issue = result.error.issues[0]
+    throw new SchemaError(`invalid at ${issue.path.join('.') || '(root)'}: ${issue.message}`)
+  }
+  return result.data
+}
