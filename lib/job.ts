@@ -97,7 +97,7 @@ const COMMON: NonNullable<ParseArgsConfig['options']> = {
 
 export function usage(job: Job): string {
   const own = Object.entries(job.options ?? {}).map(([k, o]) => (o.type === 'string' ? `[--${k} VALUE]` : `[--${k}]`))
-  return [`usage: ${job.name} ${[job.usage, ...own].filter(Boolean).join(' ')} [--json] [--dry-run] [--verbose]`, `  ${job.description}`].join('\n')
+  return [`usage: ${[job.name, job.usage, ...own, '[--json] [--dry-run] [--verbose]'].filter(Boolean).join(' ')}`, `  ${job.description}`].join('\n')
 }
 
 /** This module is the process's entry: `node x.js`, `tsx x.ts`, or `zx x.ts`. Returns the script's argv. */
@@ -137,7 +137,7 @@ export async function runCli(job: Job, argv: string[]): Promise<number> {
     config = loadConfig().config
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err
-    process.stderr.write(`${job.name}: ${err.message}\n`)
+    process.stderr.write(`${err.message}\n`)
     return 2
   }
   const ctx = createContext({

@@ -1,0 +1,25 @@
+#!/usr/bin/env node
+// The effective configuration and where each value came from.
+import { loadConfig } from '../lib/config.ts'
+import { defineJob, runMain } from '../lib/job.ts'
+import { formatTable } from '../lib/table.ts'
+
+interface Entry { key: string; value: unknown; source: string }
+
+const job = defineJob({
+  name: 'config',
+  description: 'Print the effective configuration and the source of each value.',
+  async run({ ctx }) {
+    const { sources } = loadConfig()
+    const flat: Record<string, unknown> = { ...ctx.config, ...Object.fromEntries(Object.entries(ctx.config.schedules).map(([k, v]) => [`schedules.${k}`, v])) }
+    delete flat.schedules
+    if (flat.apiToken) flat.apiToken = '(set)'
+    return Object.entries(flat).map(([key, value]): Entry => ({ key, value, source: sources[key] }))
+  },
+  format(entries: Entry[]) {
+    return formatTable(['KEY', 'VALUE', 'SOURCE'], entries.map((e) => [e.key, Array.isArray(e.value) ? e.value.join(',') : JSON.stringify(e.value), e.source]))
+  },
+})
+
+export default job
+await runMain(job, import.meta.url)

@@ -1,0 +1,65 @@
+// Typed wrappers over iproute2 (`ip -j`), so jobs read as plans. Parsing is separate and pure.
+import type { Sh } from '../exec.ts'
+
+export interface LinkInfo {
+  ifname: string
+  mac?: string
+  up: boolean
+  kind?: string
+  parent?: string
+  addresses: { family: 4 | 6; address: string; prefixlen: number; scope: string }[]
+}
+
+interface IpAddrJson {
+  ifname: string
+  address?: string
+  operstate?: string
+  flags?: string[]
+  link?: string
+  linkinfo?: { info_kind?: string }
+  addr_info?: { family: string; local: string; prefixlen: number; scope: string }[]
+}
+
+export function parseLinks(json: string): LinkInfo[] {
+  const rows = JSON.parse(json || '[]') as IpAddrJson[]
+  return rows.map((r) => ({
+    ifname: r.ifname,
+    mac: r.address,
+    up: (r.flags ?? []).includes('UP'),
+    kind: r.linkinfo?.info_kind,
+    parent: r.link,
+    addresses: (r.addr_info ?? []).map((a) => ({ family: a.family === 'inet6' ? 6 : 4, address: a.local, prefixlen: a.prefixlen, scope: a.scope })),
+  }))
+}
+
+/** All links with their addresses; `-d` adds the macvlan kind. */
+export async function listLinks(sh: Sh): Promise<LinkInfo[]> {
+  const { stdout } = await sh.query('ip', ['-j', '-d', 'addr', 'show'])
+  return parseLinks(stdout)
+}
+
+export async function getLink(sh: Sh, ifname: string): Promise<LinkInfo | undefined> {
+  const { stdout, code } = await sh.query('ip', ['-j', '-d', 'addr', 'show', 'dev', ifname], { nothrow: true })
+  return code === 0 ? parseLinks(stdout)[0] : undefined
+}
+
+export async function addMacvlan(sh: Sh, o: { parent: string; name: string; mac: string }): Promise<void> {
+  await sh.apply('ip', ['link', 'add', 'link', o.parent, 'name', o.name, 'address', o.mac, 'type', 'macvlan', 'mode', 'bridge'])
+}
+
+export async function setLinkUp(sh: Sh, ifname: string): Promise<void> {
+  await sh.apply('ip', ['link', 'set', 'dev', ifname, 'up'])
+}
+
+export async function deleteLink(sh: Sh, ifname: string): Promise<void> {
+  await sh.apply('ip', ['link', 'del', 'dev', ifname], { nothrow: true })
+}
+
+export async function sysctl(sh: Sh, key: string, value?: string): Promise<string | undefined> {
+  if (value === undefined) {
+    const { stdout, code } = await sh.query('sysctl', ['-n', key], { nothrow: true })
+    return code === 0 ? stdout.trim() : undefined
+  }
+  await sh.apply('sysctl', ['-q', '-w', `${key}=${value}`])
+  return value
+}

@@ -1,0 +1,23 @@
+// Whether the resident runner is up, from its PID file: readable by any job, even when the API is down.
+import { readFileSync } from 'node:fs'
+import path from 'node:path'
+
+export function runnerPidFile(dataDir: string): string {
+  return path.join(dataDir, 'runner.pid')
+}
+
+export function runnerPid(dataDir: string): number | undefined {
+  let pid: number
+  try {
+    pid = Number(readFileSync(runnerPidFile(dataDir), 'utf8').trim())
+  } catch {
+    return undefined
+  }
+  if (!Number.isInteger(pid) || pid <= 1) return undefined
+  try {
+    process.kill(pid, 0)
+    return pid
+  } catch {
+    return undefined
+  }
+}

@@ -1,0 +1,44 @@
+// The gateway summary shared by `jobs/status.ts` and `GET /status`: read from the store and the kernel only,
+// so it answers on a console when the runner and the API are down.
+import type { Config } from './config.ts'
+import type { Sh } from './exec.ts'
+import { getLink, type LinkInfo } from './net/ip.ts'
+import { runnerPid } from './runner-state.ts'
+import { DEVICE_STATUSES, type Data, type DeviceStatus, type Run } from './schema.ts'
+
+export interface GatewayStatus {
+  interfaces: { role: 'wan' | 'lan'; ifname: string; present: boolean; up: boolean; mac?: string; addresses: string[] }[]
+  devices: Record<DeviceStatus, number> & { total: number }
+  upstream: Data['upstream']
+  runner: { up: boolean; pid?: number }
+  jobs: Record<string, { runs: number; failures: number; last?: Run }>
+}
+
+export function countDevices(data: Data): GatewayStatus['devices'] {
+  const counts = Object.fromEntries(DEVICE_STATUSES.map((s) => [s, 0])) as Record<DeviceStatus, number>
+  for (const d of Object.values(data.devices)) counts[d.status] += 1
+  return { ...counts, total: Object.keys(data.devices).length }
+}
+
+function describe(role: 'wan' | 'lan', ifname: string, link: LinkInfo | undefined): GatewayStatus['interfaces'][number] {
+  return {
+    role,
+    ifname,
+    present: !!link,
+    up: link?.up ?? false,
+    mac: link?.mac,
+    addresses: (link?.addresses ?? []).map((a) => `${a.address}/${a.prefixlen}`),
+  }
+}
+
+export async function gatewayStatus(o: { config: Config; data: Data; sh: Sh }): Promise<GatewayStatus> {
+  const [wan, lan] = await Promise.all([getLink(o.sh, o.config.wanIf), getLink(o.sh, o.config.lanIf)])
+  const pid = runnerPid(o.config.dataDir)
+  return {
+    interfaces: [describe('wan', o.config.wanIf, wan), describe('lan', o.config.lanIf, lan)],
+    devices: countDevices(o.data),
+    upstream: o.data.upstream,
+    runner: { up: pid !== undefined, pid },
+    jobs: o.data.jobs,
+  }
+}
