@@ -24,6 +24,7 @@ const spec = {
   lanIf: [ifname, 'eth1'],
   lanAddr: [cidr4, '192.168.1.1/24'],
   dataDir: [z.string().min(1), './data'],
+  runDir: [z.string().min(1), '/var/run/dualgate'],
   apiHost: [z.string().regex(/^[0-9A-Fa-f:.]+$|^localhost$/, 'expected an IP address'), '127.0.0.1'],
   apiPort: [int(1, 65535), 5050],
   apiToken: [z.string(), ''],
@@ -113,6 +114,7 @@ export function loadConfig(opts: LoadOptions = {}): Loaded {
   }
   config.schedules = schedules
   config.dataDir = path.resolve(opts.cwd ?? process.cwd(), config.dataDir as string)
+  config.runDir = path.resolve(opts.cwd ?? process.cwd(), config.runDir as string)
   return { config: config as Config, sources }
 }
 

@@ -1,6 +1,7 @@
 // Running system tools: always with an argument vector, never through a shell. Queries (reading state)
 // always run; changes are printed instead of run under --dry-run, so a dry run computes the real plan.
-import { execFile } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
+import { openSync } from 'node:fs'
 
 export interface ExecResult {
   stdout: string
@@ -28,7 +29,15 @@ export interface Sh {
   query(cmd: string, args: string[], opts?: ExecOptions): Promise<ExecResult>
   /** Changes the system; in a dry run it is printed and not run. */
   apply(cmd: string, args: string[], opts?: ExecOptions): Promise<ExecResult>
+  /** Starts a long-running process detached from this one (a DHCP client); in a dry run only printed. */
+  daemon(cmd: string, args: string[], opts: DaemonOptions): Promise<number | undefined>
   readonly dryRun: boolean
+}
+
+export interface DaemonOptions {
+  env?: NodeJS.ProcessEnv
+  /** Its stdout and stderr are appended here. */
+  logFile: string
 }
 
 /** Shell-style quoting for display only: what a person could paste. Never executed. */
@@ -64,6 +73,21 @@ export function createSh(opts: { dryRun: boolean; print?: (line: string) => void
       }
       opts.trace?.(`$ ${line}`)
       return run(cmd, args, o)
+    },
+    async daemon(cmd, args, o) {
+      const line = formatCommand([cmd, ...args])
+      if (opts.dryRun) {
+        print(`${line} &`)
+        return undefined
+      }
+      opts.trace?.(`$ ${line} &`)
+      const out = openSync(o.logFile, 'a')
+      const child = spawn(cmd, args, { detached: true, stdio: ['ignore', out, out], env: o.env ?? process.env })
+      child.unref()
+      return new Promise((resolve, reject) => {
+        child.once('spawn', () => resolve(child.pid))
+        child.once('error', reject)
+      })
     },
   }
 }

@@ -17,6 +17,9 @@ export const deviceSchema = z.object({
   lanIpv4: z.string().optional(),
   hostname: z.string().optional(),
   ifname: z.string().optional(),
+  routeTable: z.number().int().min(1).max(252_000).optional(),
+  /** Set when the upstream changed under an active device: acquire once more. */
+  reacquire: z.boolean().optional(),
   wanIpv4: z.string().optional(),
   wanIpv4Expires: isoTime.optional(),
   wanIpv6: z.array(z.string()).default([]),

@@ -1,0 +1,140 @@
+#!/usr/bin/env node
+// Gives each device its own WAN identity (macvlan with its MAC, its own DHCPv4/DHCPv6/SLAAC addresses,
+// traffic leaving from them) and keeps it: supervises the clients, follows renewals, retries failures with
+// backoff, and re-acquires once when the upstream changes.
+import { mkdir } from 'node:fs/promises'
+import pLimit from 'p-limit'
+import { retryDelaySeconds } from '../lib/backoff.ts'
+import { freeRouteTable, logTransitions, setStatus, type Transition } from '../lib/devices.ts'
+import { acquireIdentity, refreshIdentity, releaseIdentity, wanSysctls, type IdentityEnv } from '../lib/identity.ts'
+import { defineJob, runMain, type Payload } from '../lib/job.ts'
+import { syncDeviceNat } from '../lib/nat.ts'
+import { ensureLanRule } from '../lib/net/route.ts'
+import { probeUpstream, type Offer } from '../lib/net/upstream.ts'
+import type { Data, Device } from '../lib/schema.ts'
+
+export interface AcquireResult { wanUp: boolean; offer?: Offer; attempted: number; active: string[]; failed: string[]; refreshed: number; reacquired: string[] }
+
+/** WAN state from hotplug iface events (`iface ifup wan eth0`): the last event about our WAN wins. */
+function wanEvent(payload: Payload[], wanIf: string): 'up' | 'down' | undefined {
+  let state: 'up' | 'down' | undefined
+  for (const p of payload) {
+    if (p.source !== 'iface' || (p.arg2 !== wanIf && p.arg1 !== 'wan' && p.arg1 !== 'wan6')) continue
+    if (p.event === 'ifdown') state = 'down'
+    if (p.event === 'ifup' || p.event === 'ifupdate') state = 'up'
+  }
+  return state
+}
+
+function due(d: Device, now: number, staleAcquiring: number): boolean {
+  if (d.status === 'discovered') return true
+  if (d.status === 'failed') return !d.nextRetry || Date.parse(d.nextRetry) <= now
+  if (d.status === 'acquiring') return now - Date.parse(d.statusChangedAt) > staleAcquiring
+  return d.status === 'active' && !!d.reacquire
+}
+
+const job = defineJob({
+  name: 'acquire-leases',
+  description: 'Give devices their own WAN identity and keep their leases renewed.',
+  async run({ payload, ctx }): Promise<AcquireResult> {
+    const { config, log, sh, store } = ctx
+    const env: IdentityEnv = { sh, config, log }
+    const wan = wanEvent(payload, config.wanIf)
+    const before = await store.read()
+    const wanUp = wan ? wan === 'up' : before.upstream.wanUp
+    if (wan && wanUp !== before.upstream.wanUp) {
+      await store.update((d) => { d.upstream.wanUp = wanUp })
+      log.info(`WAN ${config.wanIf} is ${wan}`)
+    }
+    const result: AcquireResult = { wanUp, attempted: 0, active: [], failed: [], refreshed: 0, reacquired: [] }
+    if (!wanUp) {
+      log.info('WAN down: holding every device as it is until it comes back')
+      return result
+    }
+
+    await mkdir(config.runDir, { recursive: true })
+    await sh.apply('sysctl', ['-q', '-w', ...wanSysctls(config.wanIf)])
+    await ensureLanRule(sh, config.lanAddr)
+    const offer = await probeUpstream(sh, config.wanIf)
+    result.offer = offer
+    const now = new Date()
+    const prefixChanged = before.upstream.prefixes.length > 0 && offer.prefixes.join() !== before.upstream.prefixes.join()
+    await store.update((d) => {
+      Object.assign(d.upstream, { checkedAt: now.toISOString(), dhcpv4: offer.dhcpv4, ra: offer.ra, dhcpv6: offer.dhcpv6, prefixes: offer.prefixes })
+      // Once per change: the prefixes are recorded in the same write, so the next run sees no change.
+      if (prefixChanged) for (const dev of Object.values(d.devices)) if (dev.status === 'active' && dev.wanIpv6.length > 0) dev.reacquire = true
+    })
+    if (prefixChanged) log.warn(`upstream IPv6 prefix changed (${before.upstream.prefixes.join(' ')} -> ${offer.prefixes.join(' ')}): devices re-acquire once`)
+
+    // Active devices: follow renewals, notice dead clients.
+    const data = await store.read()
+    const refresh = Object.values(data.devices).filter((d) => d.status === 'active' && !d.reacquire)
+    const lost: Record<string, string> = {}
+    const refreshed: Record<string, Awaited<ReturnType<typeof refreshIdentity>>> = {}
+    const limit = pLimit(config.maxParallel)
+    await Promise.all(refresh.map((d) => limit(async () => { refreshed[d.mac] = await refreshIdentity(env, d, offer) })))
+    for (const [mac, r] of Object.entries(refreshed)) if (typeof r === 'string') lost[mac] = r
+    result.refreshed = refresh.length - Object.keys(lost).length
+
+    // Who needs an identity now, with a routing table each, marked acquiring in one write.
+    const staleAcquiring = (config.jobTimeout + 60) * 1000
+    const transitions: (Transition | undefined)[] = []
+    const work = await store.update((d) => {
+      const stamp = now.toISOString()
+      for (const [mac, r] of Object.entries(refreshed)) {
+        const dev = d.devices[mac]
+        if (!dev || dev.status !== 'active') continue
+        if (typeof r === 'string') { dev.reacquire = true; log.warn(`${mac}: ${r}: acquiring again`, { mac }) }
+        else Object.assign(dev, { wanIpv4: r.wanIpv4, wanIpv4Expires: r.wanIpv4Expires, wanIpv6: r.wanIpv6 })
+      }
+      const chosen = Object.values(d.devices).filter((dev) => due(dev, now.getTime(), staleAcquiring))
+      for (const dev of chosen) {
+        dev.routeTable ??= freeRouteTable(d)
+        transitions.push(setStatus(dev, 'acquiring', stamp))
+      }
+      return chosen.map((dev) => structuredClone(dev))
+    })
+    logTransitions(log, transitions)
+    result.attempted = work.length
+
+    const progress = ctx.interactive && work.length > 1 ? (n: number) => process.stderr.write(`\racquiring: ${n}/${work.length}`) : undefined
+    let done = 0
+    await Promise.all(work.map((device) => limit(async () => {
+      if (device.reacquire) {
+        result.reacquired.push(device.mac)
+        await releaseIdentity(env, device)
+      }
+      const identity = await acquireIdentity(env, device, offer, device.routeTable!)
+      progress?.(++done)
+      const stamp = new Date().toISOString()
+      const t = await store.update((d: Data) => {
+        const dev = d.devices[device.mac]
+        if (!dev || dev.status !== 'acquiring') return undefined // pruned meanwhile
+        dev.ifname = identity.ifname
+        dev.reacquire = undefined
+        if (identity.failure) {
+          dev.attempts += 1
+          const delay = retryDelaySeconds(dev.attempts, config.retryBase, config.retryMax)
+          dev.nextRetry = new Date(Date.now() + delay * 1000).toISOString()
+          Object.assign(dev, { wanIpv4: undefined, wanIpv4Expires: undefined, wanIpv6: [] })
+          result.failed.push(dev.mac)
+          return setStatus(dev, 'failed', stamp, identity.failure)
+        }
+        Object.assign(dev, { wanIpv4: identity.wanIpv4, wanIpv4Expires: identity.wanIpv4Expires, wanIpv6: identity.wanIpv6, attempts: 0, nextRetry: undefined })
+        result.active.push(dev.mac)
+        return setStatus(dev, 'active', stamp, identity.note)
+      })
+      logTransitions(log, [t])
+    })))
+    if (progress) process.stderr.write('\n')
+
+    await syncDeviceNat(ctx, await store.read())
+    return result
+  },
+  format: (r: AcquireResult) => r.wanUp
+    ? `attempted ${r.attempted}: active ${r.active.length}, failed ${r.failed.length}; refreshed ${r.refreshed}${r.reacquired.length ? `; re-acquired ${r.reacquired.length}` : ''}`
+    : 'WAN is down: nothing done',
+})
+
+export default job
+await runMain(job, import.meta.url)

@@ -1,0 +1,50 @@
+#!/usr/bin/env node
+// Tears down devices that left: absent from the neighbour table, without a live LAN lease, and not seen for
+// `staleAfter` seconds. Their leases are released and every trace removed; the record is kept as `gone` for
+// `goneRetention` seconds, then deleted.
+import { logTransitions, setStatus, type Transition } from '../lib/devices.ts'
+import { releaseIdentity } from '../lib/identity.ts'
+import { defineJob, runMain } from '../lib/job.ts'
+import { lanView } from '../lib/lan.ts'
+import { syncDeviceNat } from '../lib/nat.ts'
+import { readLeases, readNeighbours } from '../lib/net/neigh.ts'
+
+export interface PruneResult { gone: string[]; deleted: string[]; kept: number }
+
+const job = defineJob({
+  name: 'prune-stale',
+  description: 'Release and remove devices that left the LAN; forget old records.',
+  async run({ ctx }): Promise<PruneResult> {
+    const { config, log, sh, store } = ctx
+    const view = lanView(config)
+    const present = new Set([...(await readNeighbours(sh, view, config.lanIf)).seen, ...(await readLeases(view, config.dnsmasqLeases)).seen].map((s) => s.mac))
+    const now = Date.now()
+    const data = await store.read()
+    const stale = Object.values(data.devices).filter((d) => d.status !== 'gone' && !present.has(d.mac) && now - Date.parse(d.lastSeen) > config.staleAfter * 1000)
+    for (const device of stale) await releaseIdentity({ sh, config, log }, device)
+
+    const transitions: (Transition | undefined)[] = []
+    const result = await store.update((d): PruneResult => {
+      const stamp = new Date(now).toISOString()
+      const gone: string[] = []
+      for (const s of stale) {
+        const dev = d.devices[s.mac]
+        if (!dev || dev.status === 'gone' || Date.parse(dev.lastSeen) > Date.parse(s.lastSeen)) continue // seen again meanwhile
+        transitions.push(setStatus(dev, 'gone', stamp, `not seen for ${Math.round((now - Date.parse(dev.lastSeen)) / 1000)} s`))
+        Object.assign(dev, { wanIpv4: undefined, wanIpv4Expires: undefined, wanIpv6: [], routeTable: undefined, ifname: undefined, reacquire: undefined, nextRetry: undefined })
+        gone.push(dev.mac)
+      }
+      const deleted = Object.values(d.devices).filter((dev) => dev.status === 'gone' && now - Date.parse(dev.statusChangedAt) > config.goneRetention * 1000).map((dev) => dev.mac)
+      for (const mac of deleted) delete d.devices[mac]
+      return { gone, deleted, kept: Object.keys(d.devices).length }
+    })
+    logTransitions(log, transitions)
+    if (result.deleted.length > 0) log.info(`forgot ${result.deleted.length} devices gone for more than ${config.goneRetention} s`)
+    await syncDeviceNat(ctx, await store.read())
+    return result
+  },
+  format: (r: PruneResult) => `gone ${r.gone.length}${r.gone.length ? ` (${r.gone.join(', ')})` : ''}, forgotten ${r.deleted.length}, records kept ${r.kept}`,
+})
+
+export default job
+await runMain(job, import.meta.url)

@@ -1,0 +1,10 @@
+// Hostnames arrive from DHCP clients we don't control: keep what a DNS label allows, nothing else.
+
+export interface CleanHostname { hostname?: string; changed: boolean }
+
+/** Letters, digits, '-' and '.', at most 63 characters, no leading or trailing '-' or '.'. */
+export function cleanHostname(raw: string | undefined): CleanHostname {
+  if (raw === undefined || raw === '' || raw === '*') return { hostname: undefined, changed: false }
+  const cleaned = raw.replace(/[^A-Za-z0-9.-]/g, '').slice(0, 63).replace(/^[.-]+|[.-]+$/g, '')
+  return { hostname: cleaned || undefined, changed: cleaned !== raw }
+}

@@ -1,0 +1,197 @@
+// One device's identity on the WAN: its macvlan (its own MAC), its DHCP clients, its addresses and the
+// routes that make its traffic leave from them. acquire-leases and prune-stale read as plans over this.
+import { existsSync } from 'node:fs'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { Config } from './config.ts'
+import type { Sh } from './exec.ts'
+import { formatIpv4, parseCidr4 } from './ipv4.ts'
+import type { Logger } from './log.ts'
+import { macvlanName } from './mac.ts'
+import { clientPid, readLease4, readLease6, startDhcp4, startDhcp6, stopClients, dhcp6Kind, type Lease4, type Lease6 } from './net/dhcp.ts'
+import { addMacvlan, deleteLink, getLink, setLinkUp } from './net/ip.ts'
+import { applyDeviceRoutes, removeDeviceRoutes } from './net/route.ts'
+import type { Offer } from './net/upstream.ts'
+import type { Device } from './schema.ts'
+
+export interface IdentityEnv { sh: Sh; config: Config; log: Logger }
+
+export interface Identity {
+  ifname: string
+  wanIpv4?: string
+  wanIpv4Expires?: string
+  wanIpv6: string[]
+  /** Set when nothing was acquired: the device is failed with this reason. */
+  failure?: string
+  /** Partial trouble on an otherwise working identity. */
+  note?: string
+}
+
+const POLL_MS = 200
+
+/** Per-interface settings of a device macvlan: answer ARP only for its own addresses, accept RAs although
+ * the router forwards, SLAAC from the device's MAC (EUI-64), and no default route in the main table. */
+function macvlanSysctls(ifname: string): string[] {
+  return [
+    `net.ipv4.conf.${ifname}.arp_ignore=1`,
+    `net.ipv4.conf.${ifname}.arp_announce=2`,
+    `net.ipv4.conf.${ifname}.rp_filter=0`,
+    `net.ipv6.conf.${ifname}.accept_ra=2`,
+    `net.ipv6.conf.${ifname}.accept_ra_defrtr=0`,
+    `net.ipv6.conf.${ifname}.autoconf=1`,
+    `net.ipv6.conf.${ifname}.addr_gen_mode=0`,
+    `net.ipv6.conf.${ifname}.accept_dad=0`,
+  ]
+}
+
+/** The WAN port must not answer ARP for addresses that belong to device macvlans. */
+export function wanSysctls(wanIf: string): string[] {
+  return [`net.ipv4.conf.${wanIf}.arp_ignore=1`, `net.ipv4.conf.${wanIf}.arp_announce=2`]
+}
+
+export async function ensureMacvlan(env: IdentityEnv, mac: string): Promise<string> {
+  const ifname = macvlanName(mac)
+  if (!(await getLink(env.sh, ifname))) {
+    await addMacvlan(env.sh, { parent: env.config.wanIf, name: ifname, mac })
+    await env.sh.apply('sysctl', ['-q', '-w', ...macvlanSysctls(ifname)])
+  }
+  await setLinkUp(env.sh, ifname)
+  return ifname
+}
+
+function clientEnv(config: Config): NodeJS.ProcessEnv {
+  return { PATH: process.env.PATH, DUALGATE_RUN_DIR: config.runDir, DUALGATE_DATA_DIR: config.dataDir }
+}
+
+async function waitFor<T>(deadline: number, probe: () => Promise<T | undefined>): Promise<T | undefined> {
+  while (Date.now() < deadline) {
+    const value = await probe()
+    if (value !== undefined) return value
+    await sleep(POLL_MS)
+  }
+  return undefined
+}
+
+async function dhcp4(env: IdentityEnv, ifname: string, hostname: string | undefined): Promise<Lease4 | string> {
+  const { config } = env
+  const pid = await startDhcp4(env.sh, { ifname, runDir: config.runDir, hostname, retries: config.dhcpRetries, timeout: config.dhcpTimeout, env: clientEnv(config) })
+  if (pid === undefined) return 'dry run'
+  const deadline = Date.now() + ((config.dhcpRetries + 1) * config.dhcpTimeout + 5) * 1000
+  const lease = await waitFor(deadline, async () => {
+    const record = await readLease4(config.runDir, ifname)
+    if (record !== undefined) return record
+    return existsSync(`/proc/${pid}`) ? undefined : 'exited'
+  })
+  if (typeof lease === 'object') return lease
+  if (lease !== undefined && lease !== 'exited') return `unusable DHCPv4 lease record: ${lease}`
+  return 'no DHCPv4 offer: MAC not registered upstream?'
+}
+
+async function dhcp6(env: IdentityEnv, ifname: string): Promise<Lease6 | string> {
+  const { config } = env
+  const pid = await startDhcp6(env.sh, { ifname, runDir: config.runDir, retries: config.dhcpRetries, timeout: config.dhcpTimeout, env: clientEnv(config) })
+  if (pid === undefined) return 'dry run'
+  const deadline = Date.now() + ((config.dhcpRetries + 1) * config.dhcpTimeout + 5) * 1000
+  const lease = await waitFor(deadline, async () => readLease6(config.runDir, ifname))
+  if (typeof lease === 'object') return lease
+  if (lease !== undefined) return `unusable DHCPv6 lease record: ${lease}`
+  await env.sh.apply('kill', ['-TERM', String(pid)], { nothrow: true })
+  return 'no DHCPv6 reply: MAC not registered upstream?'
+}
+
+async function slaacAddresses(sh: Sh, ifname: string, prefixes: string[]): Promise<string[]> {
+  const link = await getLink(sh, ifname)
+  const inPrefix = (a: string) => prefixes.some((p) => a.startsWith(p.split('::/')[0]))
+  return (link?.addresses ?? []).filter((a) => a.family === 6 && a.scope === 'global' && a.prefixlen === 64 && inPrefix(a.address)).map((a) => a.address)
+}
+
+/** Starts the device's clients on its macvlan and waits for what the upstream offers. */
+export async function acquireIdentity(env: IdentityEnv, device: Device, offer: Offer, table: number): Promise<Identity> {
+  const ifname = await ensureMacvlan(env, device.mac)
+  const deadline6 = Date.now() + 10_000
+  const [v4, v6dhcp, slaac] = await Promise.all([
+    offer.dhcpv4 ? dhcp4(env, ifname, device.hostname) : undefined,
+    offer.dhcpv6 ? dhcp6(env, ifname) : undefined,
+    offer.slaac && !env.sh.dryRun ? waitFor(deadline6, async () => ((await slaacAddresses(env.sh, ifname, offer.prefixes)).length > 0 ? slaacAddresses(env.sh, ifname, offer.prefixes) : undefined)) : undefined,
+  ])
+  const failures: string[] = []
+  if (typeof v4 === 'string' && v4 !== 'dry run') failures.push(v4)
+  if (typeof v6dhcp === 'string' && v6dhcp !== 'dry run') failures.push(v6dhcp)
+  if (offer.slaac && !offer.dhcpv6 && !slaac && !env.sh.dryRun) failures.push('no SLAAC address from the upstream RA')
+  const identity: Identity = { ifname, wanIpv6: [] }
+  if (typeof v4 === 'object') {
+    identity.wanIpv4 = v4.ip
+    identity.wanIpv4Expires = new Date((v4.at + v4.lease) * 1000).toISOString()
+  }
+  // A SLAAC address alone proves nothing where DHCPv6 is on offer: the kernel makes one from any RA, even
+  // for a MAC the upstream firewall drops.
+  const v6ok = typeof v6dhcp === 'object' || (!offer.dhcpv6 && slaac)
+  if (v6ok) identity.wanIpv6 = [...(typeof v6dhcp === 'object' ? [v6dhcp.ip6] : []), ...(slaac ?? [])]
+  if (!identity.wanIpv4 && identity.wanIpv6.length === 0 && !env.sh.dryRun) {
+    identity.failure = failures.join('; ') || 'the upstream offers neither DHCPv4 nor IPv6'
+    await releaseIdentity(env, { ...device, ifname, routeTable: table })
+    return identity
+  }
+  if (failures.length > 0) identity.note = failures.join('; ')
+  await configureIdentity(env, device, ifname, offer, table, typeof v4 === 'object' ? v4 : undefined, typeof v6dhcp === 'object' ? v6dhcp : undefined, identity.wanIpv6)
+  return identity
+}
+
+async function configureIdentity(env: IdentityEnv, device: Device, ifname: string, offer: Offer, table: number, v4: Lease4 | undefined, v6: Lease6 | undefined, wanIpv6: string[]): Promise<void> {
+  const { sh, config } = env
+  if (v4) await sh.apply('ip', ['-4', 'addr', 'replace', `${v4.ip}/${v4.prefix}`, 'dev', ifname, 'noprefixroute'])
+  // Kept until we remove it: a client that dies is noticed by refreshIdentity, which acquires again.
+  if (v6) await sh.apply('ip', ['-6', 'addr', 'replace', `${v6.ip6}/128`, 'dev', ifname, 'noprefixroute'])
+  if (!device.lanIpv4) return
+  const subnet4 = v4 ? `${formatIpv4(parseCidr4(`${v4.ip}/${v4.prefix}`).network)}/${v4.prefix}` : undefined
+  await applyDeviceRoutes(sh, {
+    table,
+    ifname,
+    lanIf: config.lanIf,
+    lanIpv4: device.lanIpv4,
+    lanSubnet: config.lanAddr,
+    wanIpv4: v4 && subnet4 ? { address: v4.ip, subnet: subnet4, gateway: v4.router } : undefined,
+    wanIpv6: wanIpv6.length > 0 ? { addresses: wanIpv6, prefixes: offer.prefixes, gateway: offer.gateway6 } : undefined,
+  })
+}
+
+/**
+ * An active device as it is now: clients alive, lease records current. Returns the identity to store, or a
+ * reason to acquire again (client died, lease lost, macvlan gone).
+ */
+export async function refreshIdentity(env: IdentityEnv, device: Device, offer: Offer): Promise<Identity | string> {
+  const { config } = env
+  const ifname = macvlanName(device.mac)
+  if (device.routeTable === undefined) return 'no routing table recorded'
+  if (!(await getLink(env.sh, ifname))) return 'macvlan missing'
+  let v4: Lease4 | undefined
+  if (device.wanIpv4) {
+    if (!clientPid(config.runDir, ifname, 'udhcpc')) return 'DHCPv4 client not running'
+    const lease = await readLease4(config.runDir, ifname)
+    if (typeof lease !== 'object') return `DHCPv4 lease lost${typeof lease === 'string' ? ` (${lease})` : ''}`
+    v4 = lease
+  }
+  let v6: Lease6 | undefined
+  if (offer.dhcpv6 && device.wanIpv6.length > 0) {
+    if (!clientPid(config.runDir, ifname, dhcp6Kind())) return 'DHCPv6 client not running'
+    const lease = await readLease6(config.runDir, ifname)
+    if (typeof lease === 'object') v6 = lease
+  }
+  const slaac = offer.slaac ? await slaacAddresses(env.sh, ifname, offer.prefixes) : []
+  const wanIpv6 = [...(v6 ? [v6.ip6] : []), ...slaac]
+  const unchanged = v4?.ip === device.wanIpv4 && wanIpv6.join() === device.wanIpv6.join()
+  if (!unchanged) await configureIdentity(env, device, ifname, offer, device.routeTable, v4, v6, wanIpv6)
+  return {
+    ifname,
+    wanIpv4: v4?.ip,
+    wanIpv4Expires: v4 ? new Date((v4.at + v4.lease) * 1000).toISOString() : undefined,
+    wanIpv6: wanIpv6.length > 0 ? wanIpv6 : device.wanIpv6,
+  }
+}
+
+/** Releases the leases and removes everything of the device: clients, routes and rules, the macvlan. */
+export async function releaseIdentity(env: IdentityEnv, device: Device): Promise<void> {
+  const ifname = device.ifname ?? macvlanName(device.mac)
+  await stopClients(env.sh, env.config.runDir, ifname)
+  if (device.routeTable !== undefined) await removeDeviceRoutes(env.sh, device.routeTable)
+  await deleteLink(env.sh, ifname)
+}

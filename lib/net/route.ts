@@ -1,0 +1,76 @@
+// Policy routing that makes a device's traffic follow its identity: one routing table per device, selected
+// by the device's LAN address (forwarded traffic) and by its WAN addresses (traffic the router originates
+// for it: DHCP renewals, relay replies).
+import type { Sh } from '../exec.ts'
+
+/** Rule priorities: LAN-internal traffic keeps the main table, then the per-device rules. */
+export const PREF_LAN = 1000
+export const PREF_DEVICE = 1100
+
+export interface DeviceRoutes {
+  table: number
+  ifname: string
+  lanIf: string
+  lanIpv4: string
+  lanSubnet: string
+  wanIpv4?: { address: string; subnet: string; gateway?: string }
+  wanIpv6?: { addresses: string[]; prefixes: string[]; gateway?: string }
+}
+
+interface RuleJson { priority: number; src?: string; srclen?: number; dst?: string; iif?: string; table?: string }
+
+export async function listRules(sh: Sh, family: 4 | 6): Promise<RuleJson[]> {
+  const { stdout } = await sh.query('ip', [`-${family}`, '-j', 'rule', 'show'])
+  return JSON.parse(stdout || '[]') as RuleJson[]
+}
+
+/** The rule that keeps LAN-to-LAN traffic in the main table (shared by all devices). */
+export async function ensureLanRule(sh: Sh, lanSubnet: string): Promise<void> {
+  const rules = await listRules(sh, 4)
+  const [dst, len] = lanSubnet.split('/')
+  if (!rules.some((r) => r.priority === PREF_LAN && r.dst === dst && String((r as { dstlen?: number }).dstlen) === len)) {
+    await sh.apply('ip', ['-4', 'rule', 'add', 'to', lanSubnet, 'lookup', 'main', 'pref', String(PREF_LAN)])
+  }
+}
+
+export async function applyDeviceRoutes(sh: Sh, r: DeviceRoutes): Promise<void> {
+  const table = String(r.table)
+  const existing4 = await listRules(sh, 4)
+  const has = (rules: RuleJson[], src: string, iif?: string) => rules.some((x) => x.priority === PREF_DEVICE && x.src === src && x.table === table && (iif === undefined || x.iif === iif))
+  if (r.wanIpv4) {
+    const src = r.wanIpv4.address
+    await sh.apply('ip', ['-4', 'route', 'replace', r.wanIpv4.subnet, 'dev', r.ifname, 'src', src, 'table', table])
+    if (r.wanIpv4.gateway) await sh.apply('ip', ['-4', 'route', 'replace', 'default', 'via', r.wanIpv4.gateway, 'dev', r.ifname, 'src', src, 'table', table])
+    if (!has(existing4, r.lanIpv4, r.lanIf)) await sh.apply('ip', ['-4', 'rule', 'add', 'from', r.lanIpv4, 'iif', r.lanIf, 'lookup', table, 'pref', String(PREF_DEVICE)])
+    if (!has(existing4, src)) await sh.apply('ip', ['-4', 'rule', 'add', 'from', src, 'lookup', table, 'pref', String(PREF_DEVICE)])
+  }
+  if (r.wanIpv6 && r.wanIpv6.addresses.length > 0) {
+    const existing6 = await listRules(sh, 6)
+    for (const prefix of r.wanIpv6.prefixes) await sh.apply('ip', ['-6', 'route', 'replace', prefix, 'dev', r.ifname, 'table', table])
+    if (r.wanIpv6.gateway) await sh.apply('ip', ['-6', 'route', 'replace', 'default', 'via', r.wanIpv6.gateway, 'dev', r.ifname, 'table', table])
+    for (const address of r.wanIpv6.addresses) {
+      if (!has(existing6, address)) await sh.apply('ip', ['-6', 'rule', 'add', 'from', address, 'lookup', table, 'pref', String(PREF_DEVICE)])
+    }
+  }
+}
+
+/** Removes every rule that points at the device's table, and the table's routes. */
+export async function removeDeviceRoutes(sh: Sh, table: number): Promise<void> {
+  for (const family of [4, 6] as const) {
+    for (const rule of await listRules(sh, family)) {
+      if (rule.table !== String(table)) continue
+      const args = [`-${family}`, 'rule', 'del', 'pref', String(rule.priority), 'lookup', String(table)]
+      if (rule.src) args.push('from', rule.srclen !== undefined ? `${rule.src}/${rule.srclen}` : rule.src)
+      if (rule.iif) args.push('iif', rule.iif)
+      await sh.apply('ip', args, { nothrow: true })
+    }
+    await sh.apply('ip', [`-${family}`, 'route', 'flush', 'table', String(table)], { nothrow: true })
+  }
+}
+
+/** IPv6 default gateway the kernel learned from RAs on an interface (a link-local address). */
+export async function ra6Gateway(sh: Sh, ifname: string): Promise<string | undefined> {
+  const { stdout } = await sh.query('ip', ['-6', '-j', 'route', 'show', 'default', 'dev', ifname])
+  const routes = JSON.parse(stdout || '[]') as { gateway?: string }[]
+  return routes.find((x) => x.gateway)?.gateway
+}
