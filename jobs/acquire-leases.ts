@@ -8,7 +8,7 @@ import { retryDelaySeconds } from '../lib/backoff.ts'
 import { freeRouteTable, logTransitions, setStatus, type Transition } from '../lib/devices.ts'
 import { acquireIdentity, refreshIdentity, releaseIdentity, wanSysctls, type IdentityEnv } from '../lib/identity.ts'
 import { defineJob, runMain, type Payload } from '../lib/job.ts'
-import { syncDeviceNat } from '../lib/nat.ts'
+import { syncNat } from '../lib/nat.ts'
 import { ensureLanRule } from '../lib/net/route.ts'
 import { probeUpstream, type Offer } from '../lib/net/upstream.ts'
 import type { Data, Device } from '../lib/schema.ts'
@@ -128,7 +128,7 @@ const job = defineJob({
     })))
     if (progress) process.stderr.write('\n')
 
-    await syncDeviceNat(ctx, await store.read())
+    await syncNat(ctx, await store.read())
     return result
   },
   format: (r: AcquireResult) => r.wanUp

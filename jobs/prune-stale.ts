@@ -6,7 +6,7 @@ import { logTransitions, setStatus, type Transition } from '../lib/devices.ts'
 import { releaseIdentity } from '../lib/identity.ts'
 import { defineJob, runMain } from '../lib/job.ts'
 import { lanView } from '../lib/lan.ts'
-import { syncDeviceNat } from '../lib/nat.ts'
+import { syncNat } from '../lib/nat.ts'
 import { readLeases, readNeighbours } from '../lib/net/neigh.ts'
 
 export interface PruneResult { gone: string[]; deleted: string[]; kept: number }
@@ -40,7 +40,7 @@ const job = defineJob({
     })
     logTransitions(log, transitions)
     if (result.deleted.length > 0) log.info(`forgot ${result.deleted.length} devices gone for more than ${config.goneRetention} s`)
-    await syncDeviceNat(ctx, await store.read())
+    await syncNat(ctx, await store.read())
     return result
   },
   format: (r: PruneResult) => `gone ${r.gone.length}${r.gone.length ? ` (${r.gone.join(', ')})` : ''}, forgotten ${r.deleted.length}, records kept ${r.kept}`,

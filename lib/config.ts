@@ -46,6 +46,7 @@ const spec = {
   arpSweep: [bool, false],
   dnsmasqLeases: [z.string(), '/tmp/dhcp.leases'],
   relayPorts: [ports, [80, 23]],
+  relayUdpPorts: [ports, []],
   dnatPorts: [z.string().regex(/^(all|\d+(-\d+)?(,\d+(-\d+)?)*)$/, 'expected "all" or ports such as 80,443,8000-8100'), 'all'],
   nat64: [bool, false],
   nat64Prefix: [z.string(), '64:ff9b::/96'],

@@ -1,19 +1,39 @@
-// The device NAT maps in our nftables table follow the store: an active device with a WAN IPv4 gets
-// 1:1 source NAT out of its macvlan and destination NAT back in; everything else has no element.
-import type { JobContext } from './job.ts'
-import { isIpv4 } from './ipv4.ts'
-import { ensureTable, syncMap } from './net/nft.ts'
+// The maps of our nftables table follow the store, all of them in every sync (a table recreated after an
+// upgrade comes back whole). An active device with a WAN IPv4 gets 1:1 source NAT out of its macvlan and
+// destination NAT back in; an IPv4 port forward gets its DNAT element. Anything else has no element, so a
+// pruned device or a removed forward leaves nothing behind.
+import type { Config } from './config.ts'
+import type { Sh } from './exec.ts'
+import { formatIpv4, isIpv4, parseCidr4 } from './ipv4.ts'
+import { ensureTable, syncMap, type TableOptions } from './net/nft.ts'
 import type { Data } from './schema.ts'
 
-export async function syncDeviceNat(ctx: Pick<JobContext, 'sh' | 'config'>, data: Data): Promise<void> {
-  await ensureTable(ctx.sh, { dnatPorts: ctx.config.dnatPorts })
-  const snat = new Map<string, string>()
-  const dnat = new Map<string, string>()
+export function tableOptions(config: Config): TableOptions {
+  const lan = parseCidr4(config.lanAddr)
+  return { dnatPorts: config.dnatPorts, lanIf: config.lanIf, lanNet: `${formatIpv4(lan.network)}/${lan.prefix}` }
+}
+
+export function natMaps(data: Data): Record<'dev_snat4' | 'dev_dnat4' | 'fwd4', Map<string, string>> {
+  const maps = { dev_snat4: new Map<string, string>(), dev_dnat4: new Map<string, string>(), fwd4: new Map<string, string>() }
   for (const d of Object.values(data.devices)) {
     if (d.status !== 'active' || !d.wanIpv4 || !d.lanIpv4 || !isIpv4(d.wanIpv4) || !isIpv4(d.lanIpv4)) continue
-    snat.set(d.lanIpv4, d.wanIpv4)
-    dnat.set(d.wanIpv4, d.lanIpv4)
+    maps.dev_snat4.set(d.lanIpv4, d.wanIpv4)
+    maps.dev_dnat4.set(d.wanIpv4, d.lanIpv4)
   }
-  await syncMap(ctx.sh, 'dev_snat4', snat)
-  await syncMap(ctx.sh, 'dev_dnat4', dnat)
+  for (const f of data.forwards) {
+    if (f.family !== '6' && isIpv4(f.deviceIp)) maps.fwd4.set(`${f.proto} . ${f.gatewayPort}`, `${f.deviceIp} . ${f.devicePort}`)
+  }
+  return maps
+}
+
+export async function syncNat(ctx: { sh: Sh; config: Config }, data: Data): Promise<{ table: 'present' | 'created'; added: number; removed: number }> {
+  const table = await ensureTable(ctx.sh, tableOptions(ctx.config))
+  let added = 0
+  let removed = 0
+  for (const [name, want] of Object.entries(natMaps(data))) {
+    const r = await syncMap(ctx.sh, name, want)
+    added += r.added
+    removed += r.removed
+  }
+  return { table, added, removed }
 }

@@ -119,8 +119,9 @@ export async function startDhcp6(sh: Sh, o: ClientOptions): Promise<number | und
   if (dhcp6Kind() === 'odhcp6c') {
     return sh.daemon('odhcp6c', ['-s', path.join(HOOKS_DIR, 'odhcp6c.script'), '-p', pidFile(o.runDir, o.ifname, 'odhcp6c'), '-N', 'try', '-P', '0', '-t', String(o.timeout), o.ifname], { env: o.env, logFile })
   }
-  // -d keeps dhclient in the foreground of its detached process, so the PID we get is the client's.
-  return sh.daemon('dhclient', ['-6', '-d', '-D', 'LL', '-lf', path.join(o.runDir, `${o.ifname}.dhclient6.leases`), '-pf', pidFile(o.runDir, o.ifname, 'dhclient6'),
+  // -d keeps dhclient in the foreground of its detached process, so the PID we get is the client's. dhclient
+  // gives its script a fresh environment: -e passes the run directory on.
+  return sh.daemon('dhclient', ['-6', '-d', '-D', 'LL', '-e', `DUALGATE_RUN_DIR=${o.runDir}`, '-e', `DUALGATE_DATA_DIR=${o.env.DUALGATE_DATA_DIR ?? ''}`, '-lf', path.join(o.runDir, `${o.ifname}.dhclient6.leases`), '-pf', pidFile(o.runDir, o.ifname, 'dhclient6'),
     '-sf', path.join(HOOKS_DIR, 'dhclient6.script'), o.ifname], { env: o.env, logFile })
 }
 
@@ -128,7 +129,7 @@ export async function startDhcp6(sh: Sh, o: ClientOptions): Promise<number | und
 export async function stopClients(sh: Sh, runDir: string, ifname: string): Promise<void> {
   const dhclient = clientPid(runDir, ifname, 'dhclient6')
   if (dhclient) {
-    await sh.apply('dhclient', ['-6', '-r', '-D', 'LL', '-lf', path.join(runDir, `${ifname}.dhclient6.leases`), '-pf', pidFile(runDir, ifname, 'dhclient6'),
+    await sh.apply('dhclient', ['-6', '-r', '-D', 'LL', '-e', `DUALGATE_RUN_DIR=${runDir}`, '-lf', path.join(runDir, `${ifname}.dhclient6.leases`), '-pf', pidFile(runDir, ifname, 'dhclient6'),
       '-sf', path.join(HOOKS_DIR, 'dhclient6.script'), ifname], { nothrow: true, timeoutMs: 5000 })
   }
   for (const kind of ['udhcpc', 'odhcp6c', 'dhclient6'] as const) {

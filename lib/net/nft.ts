@@ -6,25 +6,40 @@ import type { Sh } from '../exec.ts'
 export const TABLE = 'dualgate'
 const VERSION = 1
 
-/** The table's comment names the version of its rules and the settings baked into them. */
-function stamp(o: { dnatPorts: string }): string {
-  return `dualgate v${VERSION} dnat=${o.dnatPorts}`
+export interface TableOptions {
+  /** "all" or a port list: which ports of a device's WAN IPv4 reach the device. */
+  dnatPorts: string
+  lanIf: string
+  /** The LAN as a network prefix, e.g. 192.168.1.0/24, for hairpin NAT. */
+  lanNet: string
 }
 
-/** Device maps: LAN IPv4 -> WAN IPv4 (source NAT out of the device's macvlan) and back (destination NAT). */
-export function tableDefinition(o: { dnatPorts: string }): string {
+/** The table's comment names the version of its rules and the settings baked into them. */
+function stamp(o: TableOptions): string {
+  return `dualgate v${VERSION} dnat=${o.dnatPorts} lan=${o.lanIf},${o.lanNet}`
+}
+
+/**
+ * dev_snat4/dev_dnat4: a device's LAN IPv4 <-> its WAN IPv4 (1:1 NAT through its own macvlan).
+ * fwd4: port forwards on the router's own addresses, `proto . port : device . port`. A LAN client using a
+ * forward (hairpin) is masqueraded so the device answers through the router.
+ */
+export function tableDefinition(o: TableOptions): string {
   const ports = o.dnatPorts === 'all' ? '' : `meta l4proto { tcp, udp } th dport { ${o.dnatPorts} } `
   return `table inet ${TABLE} {
   comment "${stamp(o)}"
   map dev_snat4 { type ipv4_addr : ipv4_addr; }
   map dev_dnat4 { type ipv4_addr : ipv4_addr; }
+  map fwd4 { type inet_proto . inet_service : ipv4_addr . inet_service; }
   chain prerouting {
     type nat hook prerouting priority dstnat; policy accept;
     iifname "dg*" ${ports}dnat ip to ip daddr map @dev_dnat4
+    iifname != "dg*" fib daddr type local dnat ip to meta l4proto . th dport map @fwd4
   }
   chain postrouting {
     type nat hook postrouting priority srcnat; policy accept;
     oifname "dg*" snat ip to ip saddr map @dev_snat4
+    oifname "${o.lanIf}" ct status dnat ip saddr ${o.lanNet} ip daddr ${o.lanNet} masquerade
   }
 }
 `
@@ -33,7 +48,7 @@ export function tableDefinition(o: { dnatPorts: string }): string {
 interface NftTableJson { nftables: { table?: { name: string; comment?: string } }[] }
 
 /** Creates the table when missing or from another version (elements are re-synced by the caller). */
-export async function ensureTable(sh: Sh, o: { dnatPorts: string }): Promise<'present' | 'created'> {
+export async function ensureTable(sh: Sh, o: TableOptions): Promise<'present' | 'created'> {
   const { stdout, code } = await sh.query('nft', ['-j', 'list', 'table', 'inet', TABLE], { nothrow: true })
   const definition = tableDefinition(o)
   if (code === 0) {
@@ -54,7 +69,13 @@ export async function readMap(sh: Sh, name: string): Promise<Map<string, string>
   const { stdout, code } = await sh.query('nft', ['-j', 'list', 'map', 'inet', TABLE, name], { nothrow: true })
   if (code !== 0) return new Map()
   const map = (JSON.parse(stdout) as NftMapJson).nftables.find((x) => x.map)?.map
-  return new Map((map?.elem ?? []).map(([k, v]) => [String(k), String(v)]))
+  return new Map((map?.elem ?? []).map(([k, v]) => [flat(k), flat(v)]))
+}
+
+/** nft -j writes a concatenation as {"concat": [...]}; our keys are written "a . b". */
+function flat(value: unknown): string {
+  const concat = (value as { concat?: unknown[] })?.concat
+  return concat ? concat.map(String).join(' . ') : String(value)
 }
 
 /** Makes the map hold exactly `want`, in one nft transaction. Keys and values must be validated addresses. */

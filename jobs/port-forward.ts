@@ -1,0 +1,84 @@
+#!/usr/bin/env node
+// Port forwards from the command line: add, remove, list, and the original gateway's per-device defaults.
+import { checkForward, findForward, ForwardError, QUICK_DEVICE_PORTS } from '../lib/forwards.ts'
+import { defineJob, runMain, UsageError, type JobContext } from '../lib/job.ts'
+import { syncNat } from '../lib/nat.ts'
+import type { Data, Forward } from '../lib/schema.ts'
+import { formatTable } from '../lib/table.ts'
+import { requestRun } from '../lib/trigger.ts'
+
+export interface ForwardResult { action: 'add' | 'remove' | 'list' | 'quick-device'; forwards: Forward[] }
+
+async function applied(ctx: JobContext): Promise<void> {
+  await syncNat(ctx, await ctx.store.read())
+  if (!ctx.dryRun) await requestRun(ctx.config, 'refresh-proxies', 'port-forward', 'changed')
+}
+
+/** Runs `change` in the store; a ForwardError becomes a usage error and nothing is written. */
+async function change(ctx: JobContext, fn: (data: Data) => Forward[]): Promise<Forward[]> {
+  try {
+    return await ctx.store.update(fn)
+  } catch (err) {
+    if (err instanceof ForwardError) throw new UsageError(err.message)
+    throw err
+  }
+}
+
+const job = defineJob({
+  name: 'port-forward',
+  description: 'Manage port forwards: add <gatewayPort> <deviceIp> <devicePort> | remove <id>|<gatewayPort> <deviceIp> <devicePort> | list | quick-device <deviceIp>',
+  usage: 'add|remove|list|quick-device ...',
+  options: { proto: { type: 'string' }, family: { type: 'string' } },
+  async run({ ctx }): Promise<ForwardResult> {
+    const [action, ...args] = ctx.args
+    const opts = { proto: ctx.options.proto, family: ctx.options.family }
+    switch (action) {
+      case 'list':
+      case undefined:
+        return { action: 'list', forwards: (await ctx.store.read()).forwards }
+      case 'add': {
+        if (args.length !== 3) throw new UsageError('add takes <gatewayPort> <deviceIp> <devicePort>')
+        const [gatewayPort, deviceIp, devicePort] = args
+        const added = await change(ctx, (data) => {
+          const f = checkForward(data, ctx.config, { gatewayPort, deviceIp, devicePort, ...opts })
+          data.forwards.push(f)
+          return [f]
+        })
+        await applied(ctx)
+        ctx.log.info(`forward ${added[0].id}: ${added[0].proto}/${gatewayPort} -> ${deviceIp}:${devicePort} (IPv${added[0].family})`)
+        return { action: 'add', forwards: added }
+      }
+      case 'remove': {
+        if (args.length !== 1 && args.length !== 3) throw new UsageError('remove takes <id> or <gatewayPort> <deviceIp> <devicePort>')
+        const key = args.length === 1 ? { id: args[0] } : { gatewayPort: args[0], deviceIp: args[1], devicePort: args[2] }
+        const removed = await change(ctx, (data) => {
+          const f = findForward(data, key)
+          if (!f) throw new ForwardError(`no forward ${args.join(' ')}`)
+          data.forwards = data.forwards.filter((x) => x !== f)
+          return [f]
+        })
+        await applied(ctx)
+        ctx.log.info(`forward ${removed[0].id} removed`)
+        return { action: 'remove', forwards: removed }
+      }
+      case 'quick-device': {
+        if (args.length !== 1) throw new UsageError('quick-device takes <deviceIp>')
+        const added = await change(ctx, (data) => {
+          const fs = QUICK_DEVICE_PORTS.map(([gatewayPort, devicePort]) => checkForward(data, ctx.config, { gatewayPort, deviceIp: args[0], devicePort, ...opts }))
+          data.forwards.push(...fs)
+          return fs
+        })
+        await applied(ctx)
+        return { action: 'quick-device', forwards: added }
+      }
+      default:
+        throw new UsageError(`unknown action "${action}"`)
+    }
+  },
+  format: (r: ForwardResult) => (r.forwards.length === 0
+    ? 'no forwards'
+    : formatTable(['ID', 'PROTO', 'GATEWAY PORT', 'DEVICE', 'FAMILY'], r.forwards.map((f) => [f.id, f.proto, f.gatewayPort, `${f.deviceIp}:${f.devicePort}`, f.family === 'both' ? '4+6' : f.family]))),
+})
+
+export default job
+await runMain(job, import.meta.url)

@@ -1,0 +1,28 @@
+#!/usr/bin/env node
+// Reconciles what should be reachable with what is: the nftables table (device NAT, IPv4 port forwards,
+// hairpin) in the kernel, and the relay's listeners, which the runner applies from the store. Idempotent;
+// runs on a schedule, when devices change, and when the runner starts.
+import { defineJob, runMain } from '../lib/job.ts'
+import { syncNat } from '../lib/nat.ts'
+import { getLink } from '../lib/net/ip.ts'
+import { relayRules } from '../lib/relay-plan.ts'
+
+export interface RefreshResult { table: 'present' | 'created'; added: number; removed: number; forwards: number; relayListeners: number }
+
+const job = defineJob({
+  name: 'refresh-proxies',
+  description: 'Reconcile port forwards, device NAT and relay listeners with the store.',
+  async run({ ctx }): Promise<RefreshResult> {
+    const data = await ctx.store.read()
+    const nat = await syncNat(ctx, data)
+    if (nat.table === 'created') ctx.log.info('nftables table inet dualgate (re)created')
+    if (nat.added + nat.removed > 0) ctx.log.info(`nftables: ${nat.added} elements added, ${nat.removed} removed`)
+    const wan = await getLink(ctx.sh, ctx.config.wanIf)
+    const wan6 = (wan?.addresses ?? []).filter((a) => a.family === 6 && a.scope === 'global').map((a) => a.address)
+    return { ...nat, forwards: data.forwards.length, relayListeners: relayRules(data, ctx.config, wan6).length }
+  },
+  format: (r: RefreshResult) => `nftables table ${r.table}: +${r.added} -${r.removed} elements; ${r.forwards} forwards; ${r.relayListeners} relay listeners planned`,
+})
+
+export default job
+await runMain(job, import.meta.url)

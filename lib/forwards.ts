@@ -1,0 +1,43 @@
+// Port forwards as people ask for them (CLI and API): validated against the LAN and the other forwards
+// before anything is written, so a refused request changes nothing.
+import { randomBytes } from 'node:crypto'
+import type { Config } from './config.ts'
+import { isHostIn, parseCidr4 } from './ipv4.ts'
+import type { Data, Forward } from './schema.ts'
+
+export interface ForwardRequest { gatewayPort: unknown; deviceIp: unknown; devicePort: unknown; proto?: unknown; family?: unknown }
+
+export class ForwardError extends Error {}
+
+/** The original gateway's per-device defaults: gateway port -> device port. */
+export const QUICK_DEVICE_PORTS: [number, number][] = [[8080, 80], [2323, 23], [8443, 443], [2222, 22]]
+
+function port(value: unknown, name: string): number {
+  const n = typeof value === 'string' && /^\d+$/.test(value) ? Number(value) : value
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > 65535) throw new ForwardError(`${name} must be a port number from 1 to 65535, not ${JSON.stringify(value)}`)
+  return n
+}
+
+const families = (f: Forward['family']) => (f === 'both' ? ['4', '6'] : [f])
+
+/** A new forward, or a ForwardError saying why not. Does not change `data`. */
+export function checkForward(data: Data, config: Config, req: ForwardRequest, now = new Date()): Forward {
+  const gatewayPort = port(req.gatewayPort, 'gateway port')
+  const devicePort = port(req.devicePort, 'device port')
+  const proto = req.proto ?? 'tcp'
+  if (proto !== 'tcp' && proto !== 'udp') throw new ForwardError(`protocol must be tcp or udp, not ${JSON.stringify(proto)}`)
+  const family = String(req.family ?? 'both')
+  if (family !== '4' && family !== '6' && family !== 'both') throw new ForwardError(`family must be 4, 6 or both, not ${JSON.stringify(req.family)}`)
+  const deviceIp = typeof req.deviceIp === 'string' ? req.deviceIp : ''
+  if (!isHostIn(parseCidr4(config.lanAddr), deviceIp)) throw new ForwardError(`device address ${JSON.stringify(req.deviceIp)} is not a host on the LAN ${config.lanAddr}`)
+  if (!Object.values(data.devices).some((d) => d.lanIpv4 === deviceIp && d.status !== 'gone')) throw new ForwardError(`no known device has the address ${deviceIp}`)
+  const clash = data.forwards.find((f) => f.gatewayPort === gatewayPort && f.proto === proto && families(f.family).some((x) => families(family as Forward['family']).includes(x)))
+  if (clash) throw new ForwardError(`gateway port ${proto}/${gatewayPort} is already forwarded to ${clash.deviceIp}:${clash.devicePort} (forward ${clash.id})`)
+  return { id: randomBytes(4).toString('hex'), gatewayPort, deviceIp, devicePort, proto, family: family as Forward['family'], createdAt: now.toISOString() }
+}
+
+/** Finds a forward by id, or by its gateway port, device address and device port. */
+export function findForward(data: Data, key: { id?: string; gatewayPort?: unknown; deviceIp?: unknown; devicePort?: unknown }): Forward | undefined {
+  if (key.id) return data.forwards.find((f) => f.id === key.id)
+  return data.forwards.find((f) => String(f.gatewayPort) === String(key.gatewayPort) && f.deviceIp === key.deviceIp && String(f.devicePort) === String(key.devicePort))
+}
