@@ -1,0 +1,76 @@
+// IPv4-only and IPv6-only upstreams get only the requests that can succeed, and leases renew.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import type { AcquireResult } from '../../jobs/acquire-leases.ts'
+import { macvlanName } from '../../lib/mac.ts'
+import type { Device } from '../../lib/schema.ts'
+import { runJob } from './gateway.ts'
+import { createLab, isRoot, type Lab } from './lab.ts'
+
+async function onlyDevice(lab: Lab): Promise<Device> {
+  const run = await runJob<Device[]>(lab, 'devices')
+  expect(run.code, run.stderr).toBe(0)
+  return run.result[0]
+}
+
+async function clients(lab: Lab): Promise<string> {
+  return (await lab.exec(lab.router.ns, 'ps', ['-eo', 'args'])).stdout.split('\n').filter((l) => l.includes(macvlanName(lab.devices[0].mac))).join('\n')
+}
+
+describe.skipIf(!isRoot())('IPv4-only upstream (lab)', () => {
+  let lab: Lab
+  beforeAll(async () => { lab = await createLab({ mode: 'ipv4', devices: 1, leaseTime: 120 }) })
+  afterAll(async () => { await lab?.teardown() })
+
+  it('requests DHCPv4 only and becomes active', async () => {
+    expect((await runJob(lab, 'scan-arp')).code).toBe(0)
+    const acquire = await runJob<AcquireResult>(lab, 'acquire-leases')
+    expect(acquire.code, acquire.stderr).toBe(0)
+    expect(acquire.result.offer).toMatchObject({ dhcpv4: true, ra: false, dhcpv6: false })
+    const d = await onlyDevice(lab)
+    expect(d.status).toBe('active')
+    expect(d.wanIpv4).toMatch(/^198\.18\./)
+    expect(d.wanIpv6).toEqual([])
+    const running = await clients(lab)
+    expect(running).toContain('udhcpc')
+    expect(running).not.toContain('dhclient')
+  })
+
+  it('keeps the address and connectivity past the lease time (120 s lease, renewed by udhcpc)', async () => {
+    const d = await onlyDevice(lab)
+    const first = (await lab.upstream.leases()).v4.find((l) => l.mac === d.mac)!
+    expect(first.ip).toBe(d.wanIpv4)
+    // Past the first lease's end: the lease must have been renewed for the same address.
+    const until = first.expires * 1000 + 5000
+    while (Date.now() < until) await new Promise((r) => setTimeout(r, 5000))
+    const later = (await lab.upstream.leases()).v4.find((l) => l.mac === d.mac)!
+    expect(later.ip).toBe(d.wanIpv4)
+    expect(later.expires).toBeGreaterThan(first.expires)
+    expect(await lab.fetch(lab.devices[0].ns, `http://${lab.upstream.ipv4}/`)).toContain(d.wanIpv4)
+    const acquire = await runJob<AcquireResult>(lab, 'acquire-leases')
+    expect(acquire.result.attempted).toBe(0)
+    expect((await onlyDevice(lab)).status).toBe('active')
+  }, 200_000)
+})
+
+describe.skipIf(!isRoot())('IPv6-only upstream (lab)', () => {
+  let lab: Lab
+  beforeAll(async () => { lab = await createLab({ mode: 'ipv6', devices: 1 }) })
+  afterAll(async () => { await lab?.teardown() })
+
+  it('requests IPv6 only (RA, DHCPv6 under the DUID-LL of the device) and becomes active', async () => {
+    expect((await runJob(lab, 'scan-arp')).code).toBe(0)
+    const acquire = await runJob<AcquireResult>(lab, 'acquire-leases')
+    expect(acquire.code, acquire.stderr).toBe(0)
+    expect(acquire.result.offer).toMatchObject({ dhcpv4: false, ra: true, dhcpv6: true, slaac: true })
+    const d = await onlyDevice(lab)
+    expect(d.status, d.reason).toBe('active')
+    expect(d.wanIpv4).toBeUndefined()
+    expect(d.wanIpv6.length).toBeGreaterThanOrEqual(2) // DHCPv6 and SLAAC
+    const leases = (await lab.upstream.leases()).v6
+    const mine = leases.find((l) => d.wanIpv6.includes(l.ip))
+    expect(mine?.duid).toBe(`00:03:00:01:${d.mac}`)
+    const running = await clients(lab)
+    expect(running).toContain('dhclient')
+    expect(running).not.toContain('udhcpc')
+  })
+})
