@@ -8,6 +8,7 @@ import { retryDelaySeconds } from '../lib/backoff.ts'
 import { freeRouteTable, logTransitions, setStatus, type Transition } from '../lib/devices.ts'
 import { acquireIdentity, refreshIdentity, releaseIdentity, wanSysctls, type IdentityEnv } from '../lib/identity.ts'
 import { defineJob, runMain, type Payload } from '../lib/job.ts'
+import { requireInterfaces } from '../lib/lan.ts'
 import { syncNat } from '../lib/nat.ts'
 import { ensureLanRule } from '../lib/net/route.ts'
 import { probeUpstream, type Offer } from '../lib/net/upstream.ts'
@@ -52,6 +53,7 @@ const job = defineJob({
       return result
     }
 
+    await requireInterfaces(sh, config)
     await mkdir(config.runDir, { recursive: true })
     await sh.apply('sysctl', ['-q', '-w', ...wanSysctls(config.wanIf)])
     await ensureLanRule(sh, config.lanAddr)
@@ -85,7 +87,7 @@ const job = defineJob({
         const dev = d.devices[mac]
         if (!dev || dev.status !== 'active') continue
         if (typeof r === 'string') { dev.reacquire = true; log.warn(`${mac}: ${r}: acquiring again`, { mac }) }
-        else Object.assign(dev, { wanIpv4: r.wanIpv4, wanIpv4Expires: r.wanIpv4Expires, wanIpv6: r.wanIpv6 })
+        else Object.assign(dev, { wanIpv4: r.wanIpv4, wanIpv4Expires: r.wanIpv4Expires, wanIpv6: r.wanIpv6, reason: r.note })
       }
       const chosen = Object.values(d.devices).filter((dev) => due(dev, now.getTime(), staleAcquiring))
       for (const dev of chosen) {

@@ -2,6 +2,7 @@
 // Port forwards from the command line: add, remove, list, and the original gateway's per-device defaults.
 import { checkForward, findForward, ForwardError, QUICK_DEVICE_PORTS } from '../lib/forwards.ts'
 import { defineJob, runMain, UsageError, type JobContext } from '../lib/job.ts'
+import { requireInterfaces } from '../lib/lan.ts'
 import { syncNat } from '../lib/nat.ts'
 import type { Data, Forward } from '../lib/schema.ts'
 import { formatTable } from '../lib/table.ts'
@@ -32,6 +33,7 @@ const job = defineJob({
   async run({ ctx }): Promise<ForwardResult> {
     const [action, ...args] = ctx.args
     const opts = { proto: ctx.options.proto, family: ctx.options.family }
+    if (action !== 'list' && action !== undefined) await requireInterfaces(ctx.sh, ctx.config)
     switch (action) {
       case 'list':
       case undefined:

@@ -5,7 +5,7 @@
 import { logTransitions, setStatus, type Transition } from '../lib/devices.ts'
 import { releaseIdentity } from '../lib/identity.ts'
 import { defineJob, runMain } from '../lib/job.ts'
-import { lanView } from '../lib/lan.ts'
+import { lanView, requireInterfaces } from '../lib/lan.ts'
 import { syncNat } from '../lib/nat.ts'
 import { readLeases, readNeighbours } from '../lib/net/neigh.ts'
 
@@ -16,6 +16,7 @@ const job = defineJob({
   description: 'Release and remove devices that left the LAN; forget old records.',
   async run({ ctx }): Promise<PruneResult> {
     const { config, log, sh, store } = ctx
+    await requireInterfaces(sh, config)
     const view = lanView(config)
     const present = new Set([...(await readNeighbours(sh, view, config.lanIf)).seen, ...(await readLeases(view, config.dnsmasqLeases)).seen].map((s) => s.mac))
     const now = Date.now()

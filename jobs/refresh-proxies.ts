@@ -3,6 +3,7 @@
 // hairpin) in the kernel, and the relay's listeners, which the runner applies from the store. Idempotent;
 // runs on a schedule, when devices change, and when the runner starts.
 import { defineJob, runMain } from '../lib/job.ts'
+import { requireInterfaces } from '../lib/lan.ts'
 import { syncNat } from '../lib/nat.ts'
 import { getLink } from '../lib/net/ip.ts'
 import { relayRules } from '../lib/relay-plan.ts'
@@ -13,6 +14,7 @@ const job = defineJob({
   name: 'refresh-proxies',
   description: 'Reconcile port forwards, device NAT and relay listeners with the store.',
   async run({ ctx }): Promise<RefreshResult> {
+    await requireInterfaces(ctx.sh, ctx.config)
     const data = await ctx.store.read()
     const nat = await syncNat(ctx, data)
     if (nat.table === 'created') ctx.log.info('nftables table inet dualgate (re)created')

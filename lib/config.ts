@@ -50,6 +50,14 @@ const spec = {
   dnatPorts: [z.string().regex(/^(all|\d+(-\d+)?(,\d+(-\d+)?)*)$/, 'expected "all" or ports such as 80,443,8000-8100'), 'all'],
   nat64: [bool, false],
   nat64Prefix: [z.string(), '64:ff9b::/96'],
+  /** Prefix for the system files diagnose and install read and change (/etc/...); tests use a fake root. */
+  rootDir: [z.string().min(1), '/'],
+  /** openwrt or debian; auto: openwrt when <rootDir>/etc/openwrt_release exists. */
+  platform: [z.enum(['auto', 'openwrt', 'debian']), 'auto'],
+  /** Command run with `start` or `restart` to start dnsmasq (diagnose --fix, install). */
+  dnsmasqService: [z.string(), '/etc/init.d/dnsmasq'],
+  /** Command run with `start` or `restart` for the runner; empty: /etc/init.d/dualgate (OpenWrt), systemctl (Debian). */
+  runnerService: [z.string(), ''],
 } as const
 
 type Spec = typeof spec
@@ -116,6 +124,7 @@ export function loadConfig(opts: LoadOptions = {}): Loaded {
   config.schedules = schedules
   config.dataDir = path.resolve(opts.cwd ?? process.cwd(), config.dataDir as string)
   config.runDir = path.resolve(opts.cwd ?? process.cwd(), config.runDir as string)
+  config.rootDir = path.resolve(opts.cwd ?? process.cwd(), config.rootDir as string)
   return { config: config as Config, sources }
 }
 

@@ -62,11 +62,11 @@ function clientEnv(config: Config): NodeJS.ProcessEnv {
   return { PATH: process.env.PATH, DUALGATE_RUN_DIR: config.runDir, DUALGATE_DATA_DIR: config.dataDir }
 }
 
-async function waitFor<T>(deadline: number, probe: () => Promise<T | undefined>): Promise<T | undefined> {
+async function waitFor<T>(deadline: number, probe: () => Promise<T | undefined>, pollMs = POLL_MS): Promise<T | undefined> {
   while (Date.now() < deadline) {
     const value = await probe()
     if (value !== undefined) return value
-    await sleep(POLL_MS)
+    await sleep(pollMs)
   }
   return undefined
 }
@@ -94,8 +94,8 @@ async function dhcp6(env: IdentityEnv, ifname: string): Promise<Lease6 | string>
   const lease = await waitFor(deadline, async () => readLease6(config.runDir, ifname))
   if (typeof lease === 'object') return lease
   if (lease !== undefined) return `unusable DHCPv6 lease record: ${lease}`
-  await env.sh.apply('kill', ['-TERM', String(pid)], { nothrow: true })
-  return 'no DHCPv6 reply: MAC not registered upstream?'
+  // The client keeps soliciting: a late reply is picked up by refreshIdentity (the client's event runs us).
+  return 'no DHCPv6 reply yet: MAC not registered upstream?'
 }
 
 async function slaacAddresses(sh: Sh, ifname: string, prefixes: string[]): Promise<string[]> {
@@ -107,12 +107,17 @@ async function slaacAddresses(sh: Sh, ifname: string, prefixes: string[]): Promi
 /** Starts the device's clients on its macvlan and waits for what the upstream offers. */
 export async function acquireIdentity(env: IdentityEnv, device: Device, offer: Offer, table: number): Promise<Identity> {
   const ifname = await ensureMacvlan(env, device.mac)
-  const deadline6 = Date.now() + 10_000
-  const [v4, v6dhcp, slaac] = await Promise.all([
+  const [v4, v6dhcp] = await Promise.all([
     offer.dhcpv4 ? dhcp4(env, ifname, device.hostname) : undefined,
     offer.dhcpv6 ? dhcp6(env, ifname) : undefined,
-    offer.slaac && !env.sh.dryRun ? waitFor(deadline6, async () => ((await slaacAddresses(env.sh, ifname, offer.prefixes)).length > 0 ? slaacAddresses(env.sh, ifname, offer.prefixes) : undefined)) : undefined,
   ])
+  // By now the RA has long been answered; the wait only matters where SLAAC is all there is.
+  const slaac = offer.slaac && !env.sh.dryRun
+    ? await waitFor(Date.now() + 10_000, async () => {
+      const found = await slaacAddresses(env.sh, ifname, offer.prefixes)
+      return found.length > 0 ? found : undefined
+    }, 500)
+    : undefined
   const failures: string[] = []
   if (typeof v4 === 'string' && v4 !== 'dry run') failures.push(v4)
   if (typeof v6dhcp === 'string' && v6dhcp !== 'dry run') failures.push(v6dhcp)
@@ -171,8 +176,12 @@ export async function refreshIdentity(env: IdentityEnv, device: Device, offer: O
     v4 = lease
   }
   let v6: Lease6 | undefined
-  if (offer.dhcpv6 && device.wanIpv6.length > 0) {
-    if (!clientPid(config.runDir, ifname, dhcp6Kind())) return 'DHCPv6 client not running'
+  if (offer.dhcpv6) {
+    // Restarted in place: the device's IPv4 and its connections are not disturbed for an IPv6 client.
+    if (!clientPid(config.runDir, ifname, dhcp6Kind())) {
+      env.log.warn(`${device.mac}: DHCPv6 client not running, starting it again`, { mac: device.mac })
+      await startDhcp6(env.sh, { ifname, runDir: config.runDir, retries: config.dhcpRetries, timeout: config.dhcpTimeout, env: clientEnv(config) })
+    }
     const lease = await readLease6(config.runDir, ifname)
     if (typeof lease === 'object') v6 = lease
   }
@@ -185,6 +194,7 @@ export async function refreshIdentity(env: IdentityEnv, device: Device, offer: O
     wanIpv4: v4?.ip,
     wanIpv4Expires: v4 ? new Date((v4.at + v4.lease) * 1000).toISOString() : undefined,
     wanIpv6: wanIpv6.length > 0 ? wanIpv6 : device.wanIpv6,
+    note: offer.dhcpv6 && !v6 ? 'no DHCPv6 lease yet: the client keeps asking' : undefined,
   }
 }
 

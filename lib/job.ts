@@ -37,6 +37,8 @@ export interface Job<R = unknown> {
   run(input: { payload: Payload[]; ctx: JobContext }): Promise<R>
   /** The result as a person wants to read it; without it the CLI prints JSON. */
   format?(result: R): string
+  /** The command line's exit status for a run that returned (default 0): diagnose exits 1 when a check fails. */
+  exitCode?(result: R): number
 }
 
 export function defineJob<R>(job: Job<R>): Job<R> {
@@ -152,9 +154,11 @@ export async function runCli(job: Job, argv: string[]): Promise<number> {
   })
   try {
     const result = await job.run({ payload: [], ctx })
+    // A job that streams its own output (logs -f) returns nothing, and nothing more is printed.
+    if (result === undefined) return job.exitCode?.(result) ?? 0
     if (values.json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`)
     else process.stdout.write(`${job.format ? job.format(result) : JSON.stringify(result, null, 2)}\n`)
-    return 0
+    return job.exitCode?.(result) ?? 0
   } catch (err) {
     if (err instanceof UsageError) {
       process.stderr.write(`${job.name}: ${err.message}\n${usage(job)}\n`)

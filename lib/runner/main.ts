@@ -1,0 +1,259 @@
+// The resident runner: `npm start` in a checkout, `node dist/lib/runner/main.js` under procd or systemd.
+// It schedules jobs, takes hook events from the spool and POST /events, coalesces them, runs each job in
+// its own child process without overlap, records every run in the store, and serves the API.
+// Signals: SIGTERM/SIGINT stop it cleanly (exit 0); SIGHUP reloads the configuration.
+import { randomUUID } from 'node:crypto'
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { unlink } from 'node:fs/promises'
+import { serve } from 'h3'
+import { createApi, packageVersion, type RunnerControl } from '../api.ts'
+import { ConfigError, loadConfig, type Config } from '../config.ts'
+import { createLogger, type Logger } from '../log.ts'
+import { runnerPid, runnerPidFile } from '../runner-state.ts'
+import { openStore } from '../store.ts'
+import { createCoalescer, toPayload, type HookEvent } from './events.ts'
+import { discoverJobs, jobsDir } from './jobs.ts'
+import { createQueue, type Batch, type Item } from './queue.ts'
+import { recordRun } from './record.ts'
+import { jobsFor } from './routes.ts'
+import { scheduleJobs, type Schedule } from './schedule.ts'
+import { spawnJob, type ChildRun } from './spawn.ts'
+import { cleanSpool, readSpool, spoolDir, watchSpool, writeSpool, type SpoolWatcher } from './spool.ts'
+
+/** How long a burst of events may keep growing, as a multiple of config.coalesceWindow. */
+const MAX_WAIT_FACTOR = 5
+/** Grace between SIGTERM and SIGKILL for a job's process group; shorter at shutdown, to stay inside procd's stop timeout. */
+const KILL_GRACE_MS = 5000
+const SHUTDOWN_GRACE_MS = 3000
+
+function makeLogger(config: Config): Logger {
+  return createLogger({ tag: 'runner', level: config.logLevel, dataDir: config.dataDir, maxBytes: config.logMaxBytes, files: config.logFiles })
+}
+
+/** Another live runner on the same data dir (the PID file may also name an unrelated process after a crash). */
+function otherRunner(dataDir: string): number | undefined {
+  const pid = runnerPid(dataDir)
+  if (pid === undefined || pid === process.pid) return undefined
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('runner/main') ? pid : undefined
+  } catch {
+    return undefined
+  }
+}
+
+async function main(): Promise<void> {
+  let config: Config
+  try {
+    config = loadConfig().config
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err
+    process.stderr.write(`dualgate runner: ${err.message}\n`)
+    process.exit(2)
+  }
+  let log = makeLogger(config)
+  const { dataDir } = config
+  mkdirSync(dataDir, { recursive: true })
+  const other = otherRunner(dataDir)
+  if (other) {
+    log.error(`another runner (pid ${other}) is using ${dataDir}`)
+    process.exit(1)
+  }
+  const pidFile = runnerPidFile(dataDir)
+  writeFileSync(pidFile, `${process.pid}\n`)
+  const removePid = () => {
+    try {
+      if (readFileSync(pidFile, 'utf8').trim() === String(process.pid)) rmSync(pidFile)
+    } catch { /* already gone */ }
+  }
+
+  const store = openStore({ dataDir, backupCount: config.backupCount, backupInterval: config.backupInterval, onError: (m) => log.error(m) })
+  const spool = spoolDir(dataDir)
+  mkdirSync(spool, { recursive: true })
+  await cleanSpool(spool)
+
+  const dir = jobsDir()
+  let jobs = discoverJobs(dir)
+  const jobFile = (name: string) => jobs.get(name) ?? (jobs = discoverJobs(dir)).get(name)
+  let stopping = false
+
+  // A spool file leaves the spool when every run its event went to has finished.
+  const claims = new Map<string, number>()
+  const release = (items: Item[]) => {
+    for (const { file } of items) {
+      if (!file) continue
+      const left = (claims.get(file) ?? 1) - 1
+      if (left > 0) claims.set(file, left)
+      else {
+        claims.delete(file)
+        void unlink(file).catch(() => {})
+      }
+    }
+  }
+  /** Events that only live in memory (from POST /events) go back to the spool for the next start. */
+  const keep = async (job: string, items: Item[]) => {
+    for (const item of items) {
+      if (!item.file) await writeSpool(spool, { ...item.event, job }).catch((err) => log.error(`could not spool an event for ${job}: ${err.message}`))
+    }
+  }
+
+  const running = new Map<string, ChildRun>()
+
+  async function runBatch(job: string, batch: Batch): Promise<void> {
+    const file = jobFile(job)
+    if (!file) {
+      log.warn(`${job}: no such job any more; ${batch.items.length} event(s) dropped`)
+      release(batch.items)
+      return
+    }
+    const trigger = batch.triggers.join('+') || 'event'
+    const startedAt = new Date()
+    const timeoutMs = config.jobTimeout * 1000
+    const child = spawnJob({
+      job, file, trigger, config, timeoutMs,
+      payload: batch.items.map((i) => toPayload(i.event)),
+      graceMs: Math.min(KILL_GRACE_MS, timeoutMs),
+    })
+    running.set(job, child)
+    const outcome = await child.done
+    running.delete(job)
+    const durationMs = Date.now() - startedAt.getTime()
+    const what = `${job} (${trigger}${batch.items.length ? `, ${batch.items.length} event${batch.items.length === 1 ? '' : 's'}` : ''})`
+    if (outcome.ok) log.info(`${what}: ok in ${durationMs} ms`)
+    else log.error(`${what}: failed after ${durationMs} ms: ${outcome.error}`)
+    await recordRun(store, {
+      id: randomUUID(), job, trigger, startedAt: startedAt.toISOString(), durationMs, ok: outcome.ok, error: outcome.error, result: outcome.result,
+    }).catch((err) => log.error(`could not record the run of ${job}: ${err.message}`))
+    // Stopped by our own shutdown: the events were not handled, so they stay for the next start.
+    if (outcome.stopped && stopping) await keep(job, batch.items)
+    else release(batch.items)
+  }
+
+  const queue = createQueue(runBatch)
+  const request = (job: string, batch: Batch) => {
+    const state = queue.request(job, batch)
+    if (state === 'closed') void keep(job, batch.items)
+    return state
+  }
+  const coalescer = createCoalescer<Item>({
+    window: () => config.coalesceWindow,
+    maxWait: () => config.coalesceWindow * MAX_WAIT_FACTOR,
+    onFlush: (job, items) => request(job, { items, triggers: ['event'] }),
+  })
+
+  function submit(event: HookEvent, file?: string): string[] {
+    const targets = jobsFor(event, config).filter((job) => {
+      if (jobFile(job)) return true
+      if (event.job) log.warn(`event ${event.source} ${event.event} names job ${job}, which does not exist`)
+      else log.debug(`event ${event.source} ${event.event}: job ${job} is not installed`)
+      return false
+    })
+    if (targets.length === 0) {
+      log.debug(`event ${event.source} ${event.event}: no job handles it`)
+      if (file) void unlink(file).catch(() => {})
+      return []
+    }
+    if (stopping) {
+      if (!file) for (const job of targets) void keep(job, [{ event }])
+      return targets
+    }
+    if (file) claims.set(file, (claims.get(file) ?? 0) + targets.length)
+    for (const job of targets) coalescer.add(job, { event: { ...event, time: event.time ?? new Date().toISOString() }, file })
+    return targets
+  }
+
+  let draining = false
+  let again = false
+  async function drain(): Promise<void> {
+    if (draining) { again = true; return }
+    draining = true
+    try {
+      do {
+        again = false
+        const entries = await readSpool(spool, new Set(claims.keys()), (file, why) => log.error(`spool file ${file} is not a valid event (${why}); kept as ${file}.bad`))
+        if (stopping) return
+        for (const e of entries) submit(e.event, e.file)
+      } while (again)
+    } catch (err) {
+      log.error(`reading the spool ${spool}: ${(err as Error).message}`)
+    } finally {
+      draining = false
+    }
+  }
+
+  const runner: RunnerControl = {
+    jobs: () => [...(jobs = discoverJobs(dir)).keys()].map((name) => ({ name, running: queue.running(name), queued: queue.queued(name) })),
+    trigger(job, trigger) {
+      if (!jobFile(job)) return undefined
+      const state = request(job, { items: [], triggers: [trigger] })
+      return state === 'closed' ? 'stopping' : state
+    },
+    submit: (event) => submit(event),
+  }
+
+  const app = createApi({ store, config: () => config, runner, version: packageVersion(), log })
+  const server = serve(app, { hostname: config.apiHost, port: config.apiPort, manual: true, silent: true, gracefulShutdown: false })
+  let schedule: Schedule | undefined
+  const startSchedule = () => scheduleJobs(config.schedules, (j) => !!jobFile(j), (job) => request(job, { items: [], triggers: ['cron'] }), (m) => log.info(m))
+  let watcher: SpoolWatcher | undefined
+
+  async function shutdown(signal: string): Promise<void> {
+    if (stopping) return
+    stopping = true
+    log.info(`${signal}: stopping`)
+    schedule?.stop()
+    watcher?.close()
+    const closed = server.close(true).catch(() => {})
+    const left = coalescer.takeAll()
+    for (const [job, batch] of queue.close()) left.set(job, [...(left.get(job) ?? []), ...batch.items])
+    await Promise.all([...left].map(([job, items]) => keep(job, items)))
+    for (const child of running.values()) child.stop('stopped: the runner is shutting down', Math.min(SHUTDOWN_GRACE_MS, config.jobTimeout * 1000))
+    const bound = new Promise((resolve) => setTimeout(resolve, SHUTDOWN_GRACE_MS + 2000).unref())
+    await Promise.race([Promise.all([queue.idle(), closed]), bound])
+    removePid()
+    log.info('stopped')
+    process.exit(0)
+  }
+
+  function reload(): void {
+    let next: Config
+    try {
+      next = loadConfig().config
+    } catch (err) {
+      log.error(`SIGHUP: ${(err as Error).message}; keeping the running configuration`)
+      return
+    }
+    for (const key of ['dataDir', 'apiHost', 'apiPort'] as const) {
+      if (next[key] !== config[key]) log.warn(`SIGHUP: ${key} changed to ${next[key]}; this takes effect after a restart`)
+    }
+    config = { ...next, dataDir: config.dataDir, apiHost: config.apiHost, apiPort: config.apiPort }
+    log = makeLogger(config)
+    jobs = discoverJobs(dir)
+    if (!schedule) return log.info('SIGHUP: configuration reloaded')
+    schedule.stop()
+    schedule = startSchedule()
+    log.info(`SIGHUP: configuration reloaded (${jobs.size} jobs)`)
+  }
+
+  // Handlers first, so a signal during start-up is handled too. The stop is bounded by SHUTDOWN_GRACE_MS;
+  // the stop timeouts of procd and systemd allow more (hooks/).
+  process.on('SIGTERM', () => void shutdown('SIGTERM'))
+  process.on('SIGINT', () => void shutdown('SIGINT'))
+  process.on('SIGHUP', reload)
+  process.on('exit', removePid)
+
+  try {
+    await server.serve()
+  } catch (err) {
+    log.error(`cannot serve the API on ${config.apiHost}:${config.apiPort}: ${(err as Error).message}`)
+    removePid()
+    process.exit(1)
+  }
+  if (stopping) return
+  schedule = startSchedule()
+  watcher = watchSpool(spool, () => void drain())
+  await drain()
+  if (jobFile('refresh-proxies')) request('refresh-proxies', { items: [], triggers: ['start'] })
+  log.info(`runner ${packageVersion()} up (pid ${process.pid}): API on http://${config.apiHost.includes(':') ? `[${config.apiHost}]` : config.apiHost}:${config.apiPort}, ${jobs.size} jobs, data in ${dataDir}`)
+}
+
+await main()

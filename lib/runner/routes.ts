@@ -1,0 +1,45 @@
+// Which jobs a hook event wakes up. One declarative table: add a row to route a new kind of event.
+// An event that names its job (`dualgate-event --job NAME ...`, or `job` in POST /events) skips the table.
+import type { Config } from '../config.ts'
+import type { HookEvent } from './events.ts'
+
+export interface Route {
+  /** Hook sources this row matches (the first argument of dualgate-event). */
+  sources: string[]
+  /** Event names it matches; omitted: any. */
+  events?: string[]
+  /** A further condition on the event. */
+  when?: (e: HookEvent, config: Config) => boolean
+  jobs: string[]
+}
+
+/**
+ * OpenWrt hotplug names the logical interface (wan, wan6) in INTERFACE and the device in DEVICE;
+ * hooks/openwrt/hotplug-iface also passes them as arguments: `iface ifup wan eth0`.
+ */
+function isWan(e: HookEvent, config: Config): boolean {
+  const names = [e.env.INTERFACE, e.env.DEVICE, e.args[0], e.args[1]]
+  return names.some((n) => n === config.wanIf || n === 'wan' || n === 'wan6')
+}
+
+export const ROUTES: Route[] = [
+  // dnsmasq --dhcp-script (lease changes) and its ARP tracking (--script-arp); on OpenWrt the same through
+  // hotplug.d/dhcp (ACTION=add|old|del|update) and hotplug.d/neigh.
+  { sources: ['dnsmasq'], events: ['add', 'old', 'del', 'update', 'arp-add', 'arp-del'], jobs: ['scan-arp'] },
+  // OpenWrt /etc/hotplug.d/iface, ifupdown hooks: the WAN came, went or changed address.
+  { sources: ['iface', 'hotplug'], events: ['ifup', 'ifdown', 'ifupdate'], when: isWan, jobs: ['acquire-leases'] },
+  // The DHCP clients of the per-device macvlans report bound, renew, expiry and loss.
+  { sources: ['udhcpc', 'udhcpc6', 'dhclient', 'dhclient6', 'odhcpc', 'odhcp6c', 'dhcp'], jobs: ['acquire-leases'] },
+]
+
+export function jobsFor(e: HookEvent, config: Config, routes: Route[] = ROUTES): string[] {
+  if (e.job) return [e.job]
+  const jobs = new Set<string>()
+  for (const r of routes) {
+    if (!r.sources.includes(e.source)) continue
+    if (r.events && !r.events.includes(e.event)) continue
+    if (r.when && !r.when(e, config)) continue
+    r.jobs.forEach((j) => jobs.add(j))
+  }
+  return [...jobs]
+}

@@ -1,0 +1,24 @@
+// Cron triggers from config.schedules (an empty expression disables a job's schedule). A trigger only asks
+// the queue for a run; the queue keeps a job from overlapping itself.
+import { createTask, type ScheduledTask } from 'node-cron'
+
+export interface Schedule { stop(): void }
+
+export function scheduleJobs(schedules: Record<string, string>, exists: (job: string) => boolean, fire: (job: string) => void, warn: (m: string) => void): Schedule {
+  const tasks: ScheduledTask[] = []
+  for (const [job, expr] of Object.entries(schedules)) {
+    if (!expr) continue
+    if (!exists(job)) {
+      warn(`schedule for ${job} ignored: no such job`)
+      continue
+    }
+    const task = createTask(expr, () => fire(job), { name: `dualgate-${job}` })
+    task.start()
+    tasks.push(task)
+  }
+  return {
+    stop() {
+      for (const t of tasks) void t.destroy()
+    },
+  }
+}

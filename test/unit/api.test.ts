@@ -1,0 +1,232 @@
+// The API against a real store in a temp dir, through app.fetch (no socket).
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { createApi, type ApiRoute, type RunnerControl } from '../../lib/api.ts'
+import { loadConfig, type Config } from '../../lib/config.ts'
+import type { HookEvent } from '../../lib/runner/events.ts'
+import { DEVICE_STATUSES, type Device, type DeviceStatus } from '../../lib/schema.ts'
+import { openStore, type Store } from '../../lib/store.ts'
+
+const TOKEN = 'api-test-token'
+const dirs: string[] = []
+afterAll(() => { for (const d of dirs) rmSync(d, { recursive: true, force: true }) })
+
+function setup(env: Record<string, string> = {}) {
+  const dir = mkdtempSync(path.join(tmpdir(), 'dualgate-api-'))
+  dirs.push(dir)
+  const { config } = loadConfig({ env: { DUALGATE_DATA_DIR: dir, DUALGATE_API_TOKEN: TOKEN, ...env }, uciFile: '/nonexistent' })
+  return { dir, config, store: openStore({ dataDir: dir }) }
+}
+
+function device(mac: string, status: DeviceStatus, firstSeen: string): Device {
+  return { mac, status, statusChangedAt: firstSeen, firstSeen, lastSeen: firstSeen, wanIpv6: [], attempts: 0 }
+}
+
+/** A stand-in runner that records what the API asks of it. */
+function fakeRunner() {
+  const triggered: string[] = []
+  const events: HookEvent[] = []
+  const runner: RunnerControl = {
+    jobs: () => [{ name: 'scan-arp', running: true, queued: false }, { name: 'count', running: false, queued: false }],
+    trigger(job, trigger) {
+      if (!['scan-arp', 'count'].includes(job)) return undefined
+      triggered.push(`${job}:${trigger}`)
+      return job === 'scan-arp' ? 'queued' : 'started'
+    },
+    submit(event) {
+      events.push(event)
+      return event.source === 'dnsmasq' ? ['scan-arp'] : []
+    },
+  }
+  return { runner, triggered, events }
+}
+
+/** A Request as srvx hands it over, with the peer address. */
+function req(url: string, init: RequestInit & { ip?: string; token?: string } = {}): Request {
+  const headers = new Headers(init.headers)
+  if (init.token) headers.set('authorization', `Bearer ${init.token}`)
+  const r = new Request(`http://127.0.0.1:5050${url}`, { ...init, headers })
+  if (init.ip) Object.defineProperty(r, 'ip', { value: init.ip })
+  return r
+}
+
+async function json(res: Response | Promise<Response>): Promise<{ status: number; body: any }> {
+  const r = await res
+  expect(r.headers.get('content-type')).toMatch(/^application\/json/)
+  return { status: r.status, body: await r.json() }
+}
+
+describe('api', () => {
+  let store: Store
+  let config: Config
+  let app: ReturnType<typeof createApi>
+  let fake: ReturnType<typeof fakeRunner>
+
+  beforeAll(async () => {
+    ({ store, config } = setup())
+    fake = fakeRunner()
+    app = createApi({ store, config, runner: fake.runner, version: '9.9.9' })
+    await store.update((d) => {
+      d.devices['02:00:00:00:00:01'] = device('02:00:00:00:00:01', 'active', '2024-01-01T00:00:00.000Z')
+      d.devices['02:00:00:00:00:02'] = device('02:00:00:00:00:02', 'failed', '2024-01-02T00:00:00.000Z')
+      d.devices['02:00:00:00:00:03'] = device('02:00:00:00:00:03', 'active', '2023-12-31T00:00:00.000Z')
+      const last = { id: 'r1', job: 'scan-arp', trigger: 'cron', startedAt: '2024-01-03T00:00:00.000Z', durationMs: 12, ok: false, error: 'x' }
+      d.runs.push(last)
+      d.jobs['scan-arp'] = { runs: 7, failures: 2, last }
+      d.jobs['odd"job\\'] = { runs: 1, failures: 0 }
+    })
+  })
+
+  it('GET /health', async () => {
+    expect(await json(app.fetch(req('/health')))).toEqual({ status: 200, body: { ok: true, version: '9.9.9' } })
+    const head = await app.fetch(req('/health', { method: 'HEAD' }))
+    expect(head.status).toBe(200)
+    expect(await head.text()).toBe('')
+  })
+
+  it('GET /status: devices by status, runner, jobs', async () => {
+    const { status, body } = await json(app.fetch(req('/status')))
+    expect(status).toBe(200)
+    expect(body.devices).toEqual({ discovered: 0, acquiring: 0, active: 2, failed: 1, gone: 0, total: 3 })
+    expect(body.runner).toEqual({ up: false })
+    expect(body.jobs['scan-arp']).toMatchObject({ runs: 7, failures: 2, last: { id: 'r1' } })
+    expect(body.interfaces.map((i: { role: string }) => i.role)).toEqual(['wan', 'lan'])
+  })
+
+  it('GET /devices, filtered by status, sorted by first seen; a bad status is a 400', async () => {
+    const all = await json(app.fetch(req('/devices')))
+    expect(all.body.map((d: Device) => d.mac)).toEqual(['02:00:00:00:00:03', '02:00:00:00:00:01', '02:00:00:00:00:02'])
+    const active = await json(app.fetch(req('/devices?status=active')))
+    expect(active.body.map((d: Device) => d.mac)).toEqual(['02:00:00:00:00:03', '02:00:00:00:00:01'])
+    expect((await json(app.fetch(req('/devices?status=gone')))).body).toEqual([])
+    const bad = await json(app.fetch(req('/devices?status=sleeping')))
+    expect(bad.status).toBe(400)
+    expect(bad.body.error).toMatch(/unknown status "sleeping"/)
+    expect((await json(app.fetch(req('/devices?status=active&status=failed')))).status).toBe(400)
+  })
+
+  it.each(['02:00:00:00:00:01', '02-00-00-00-00-01', '0200.0000.0001', '020000000001', '02%3A00%3A00%3A00%3A00%3A01', ' 02:00:00:00:00:01'.trim().toUpperCase()])(
+    'GET /devices/%s finds the device',
+    async (spelling) => {
+      const { status, body } = await json(app.fetch(req(`/devices/${spelling}`)))
+      expect(status).toBe(200)
+      expect(body).toMatchObject({ mac: '02:00:00:00:00:01', status: 'active' })
+    },
+  )
+
+  it('GET /devices/:mac: malformed is a 400, unknown a 404', async () => {
+    expect(await json(app.fetch(req('/devices/02:00:00:00:00')))).toEqual({ status: 400, body: { error: 'not a MAC address: "02:00:00:00:00"' } })
+    expect(await json(app.fetch(req('/devices/nope')))).toMatchObject({ status: 400 })
+    expect(await json(app.fetch(req('/devices/%zz')))).toMatchObject({ status: 400 })
+    expect(await json(app.fetch(req('/devices/%25zz')))).toMatchObject({ status: 400 })
+    expect(await json(app.fetch(req('/devices/02:00:00:00:00:99')))).toEqual({ status: 404, body: { error: 'no device 02:00:00:00:00:99' } })
+  })
+
+  it('GET /jobs: every known job with schedule, state and totals', async () => {
+    const { body } = await json(app.fetch(req('/jobs')))
+    const byName = Object.fromEntries(body.map((j: { name: string }) => [j.name, j]))
+    expect(byName['scan-arp']).toMatchObject({ available: true, running: true, schedule: config.schedules['scan-arp'], runs: 7, failures: 2, last: { id: 'r1' } })
+    expect(byName.count).toMatchObject({ available: true, running: false, runs: 0, failures: 0, schedule: '' })
+    expect(byName.diagnose).toMatchObject({ available: false, schedule: config.schedules.diagnose })
+  })
+
+  it('GET /metrics in the Prometheus text format', async () => {
+    const res = await app.fetch(req('/metrics'))
+    expect(res.headers.get('content-type')).toBe('text/plain; version=0.0.4; charset=utf-8')
+    const text = await res.text()
+    for (const s of DEVICE_STATUSES) expect(text).toMatch(new RegExp(`^dualgate_devices\\{status="${s}"\\} \\d+$`, 'm'))
+    expect(text).toContain('dualgate_devices{status="active"} 2\n')
+    expect(text).toContain('dualgate_job_runs_total{job="scan-arp"} 7\n')
+    expect(text).toContain('dualgate_job_failures_total{job="scan-arp"} 2\n')
+    expect(text).toContain('dualgate_job_runs_total{job="count"} 0\n')
+    expect(text).toContain('dualgate_job_runs_total{job="odd\\"job\\\\"} 1\n')
+    expect(text).toMatch(/^dualgate_store_writes_total [1-9]\d*$/m)
+    expect(text).toContain('# TYPE dualgate_job_runs_total counter\n')
+    // Every line is a comment or `name{labels} number`.
+    for (const line of text.trimEnd().split('\n')) expect(line).toMatch(/^(# (HELP|TYPE) \w+ .+|[a-z_]+(\{[a-z]+="(?:[^"\\]|\\.)*"\})? -?[\d.e+]+)$/)
+  })
+
+  it('POST /jobs/:name/run needs the token, compared exactly', async () => {
+    const none = await json(app.fetch(req('/jobs/count/run', { method: 'POST' })))
+    expect(none.status).toBe(401)
+    expect(none.body.error).toMatch(/Authorization: Bearer/)
+    expect((await json(app.fetch(req('/jobs/count/run', { method: 'POST', token: 'wrong' })))).status).toBe(401)
+    expect((await json(app.fetch(req('/jobs/count/run', { method: 'POST', token: `${TOKEN}x` })))).status).toBe(401)
+    expect((await json(app.fetch(req('/jobs/count/run', { method: 'POST', headers: { authorization: `Basic ${TOKEN}` } })))).status).toBe(401)
+    // From loopback is no excuse: only hook events are let in without a token.
+    expect((await json(app.fetch(req('/jobs/count/run', { method: 'POST', ip: '127.0.0.1' })))).status).toBe(401)
+    expect(fake.triggered).toEqual([])
+    expect(await json(app.fetch(req('/jobs/count/run', { method: 'POST', token: TOKEN })))).toEqual({ status: 202, body: { job: 'count', state: 'started' } })
+    expect(await json(app.fetch(req('/jobs/scan-arp/run', { method: 'POST', token: TOKEN })))).toEqual({ status: 202, body: { job: 'scan-arp', state: 'queued' } })
+    expect((await json(app.fetch(req('/jobs/nope/run', { method: 'POST', token: TOKEN })))).status).toBe(404)
+    expect(fake.triggered).toEqual(['count:api', 'scan-arp:api'])
+  })
+
+  it('POST /events: from loopback without a token, from elsewhere only with one; bad events are 400', async () => {
+    const body = JSON.stringify({ source: 'dnsmasq', event: 'add', args: ['02:00:00:00:00:05'] })
+    expect(await json(app.fetch(req('/events', { method: 'POST', body, ip: '127.0.0.1' })))).toEqual({ status: 202, body: { jobs: ['scan-arp'] } })
+    expect((await json(app.fetch(req('/events', { method: 'POST', body, ip: '::1' })))).status).toBe(202)
+    expect((await json(app.fetch(req('/events', { method: 'POST', body, ip: '::ffff:127.0.0.1' })))).status).toBe(202)
+    expect((await json(app.fetch(req('/events', { method: 'POST', body, ip: '192.168.1.7' })))).status).toBe(401)
+    expect((await json(app.fetch(req('/events', { method: 'POST', body })))).status).toBe(401)
+    expect((await json(app.fetch(req('/events', { method: 'POST', body, ip: '192.168.1.7', token: TOKEN })))).status).toBe(202)
+    expect(fake.events).toHaveLength(4)
+    expect(fake.events[0]).toEqual({ source: 'dnsmasq', event: 'add', args: ['02:00:00:00:00:05'], env: {} })
+    const notJson = await json(app.fetch(req('/events', { method: 'POST', body: '{', ip: '127.0.0.1' })))
+    expect(notJson).toEqual({ status: 400, body: { error: 'body is not JSON' } })
+    const invalid = await json(app.fetch(req('/events', { method: 'POST', body: JSON.stringify({ source: 'x y', event: 'add' }), ip: '127.0.0.1' })))
+    expect(invalid.status).toBe(400)
+    expect(invalid.body.error).toMatch(/source/)
+    const huge = await json(app.fetch(req('/events', { method: 'POST', body: JSON.stringify({ source: 'a', event: 'b', args: ['x'.repeat(70_000)] }), ip: '127.0.0.1' })))
+    expect(huge.status).toBe(413)
+    expect(fake.events).toHaveLength(4)
+  })
+
+  it('unknown routes are 404 and wrong methods 405, both as JSON', async () => {
+    expect((await json(app.fetch(req('/nope')))).status).toBe(404)
+    expect((await json(app.fetch(req('/devices/02:00:00:00:00:01/extra')))).status).toBe(404)
+    const wrong = await json(app.fetch(req('/devices', { method: 'DELETE', token: TOKEN })))
+    expect(wrong.status).toBe(405)
+    expect(wrong.body.error).toMatch(/GET/)
+  })
+
+  it('refuses every change when no token is configured', async () => {
+    const s = setup({ DUALGATE_API_TOKEN: '' })
+    const bare = createApi({ store: s.store, config: s.config, runner: fakeRunner().runner })
+    for (const token of [undefined, '', 'anything']) {
+      const res = await json(bare.fetch(req('/jobs/count/run', { method: 'POST', token })))
+      expect(res.status).toBe(403)
+      expect(res.body.error).toMatch(/no API token is configured/)
+    }
+    expect((await json(bare.fetch(req('/events', { method: 'POST', body: '{"source":"a","event":"b"}', ip: '10.0.0.2' })))).status).toBe(403)
+    // Loopback hook events still work, and reading is still open.
+    expect((await json(bare.fetch(req('/events', { method: 'POST', body: '{"source":"a","event":"b"}', ip: '127.0.0.1' })))).status).toBe(202)
+    expect((await json(bare.fetch(req('/health')))).status).toBe(200)
+  })
+
+  it('without a runner, runs and events are 503; the token is read afresh from a config getter', async () => {
+    const s = setup()
+    let current = s.config
+    const alone = createApi({ store: s.store, config: () => current })
+    expect((await json(alone.fetch(req('/jobs/count/run', { method: 'POST', token: TOKEN })))).status).toBe(503)
+    current = { ...s.config, apiToken: 'rotated' }
+    expect((await json(alone.fetch(req('/jobs/count/run', { method: 'POST', token: TOKEN })))).status).toBe(401)
+    expect((await json(alone.fetch(req('/jobs/count/run', { method: 'POST', token: 'rotated' })))).status).toBe(503)
+  })
+
+  it('takes more routes from the caller, with the same access rules', async () => {
+    const s = setup()
+    const forwards: string[] = []
+    const routes: ApiRoute[] = [
+      { method: 'GET', path: '/forwards', handler: () => forwards },
+      { method: 'DELETE', path: '/forwards/:id', handler: (event) => { forwards.push(`deleted ${event.context.params?.id}`); return { ok: true } } },
+    ]
+    const ext = createApi({ store: s.store, config: s.config, routes })
+    expect(await json(ext.fetch(req('/forwards')))).toEqual({ status: 200, body: [] })
+    expect((await json(ext.fetch(req('/forwards/f1', { method: 'DELETE' })))).status).toBe(401)
+    expect(await json(ext.fetch(req('/forwards/f1', { method: 'DELETE', token: TOKEN })))).toEqual({ status: 200, body: { ok: true } })
+    expect(forwards).toEqual(['deleted f1'])
+  })
+})
