@@ -55,7 +55,7 @@ const job = defineJob({
         const key = args.length === 1 ? { id: args[0] } : { gatewayPort: args[0], deviceIp: args[1], devicePort: args[2] }
         const removed = await change(ctx, (data) => {
           const f = findForward(data, key)
-          if (!f) throw new ForwardError(`no forward ${args.join(' ')}`)
+          if (!f) throw new ForwardError(`no forward ${args.join(' ')}`, 404)
           data.forwards = data.forwards.filter((x) => x !== f)
           return [f]
         })

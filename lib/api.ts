@@ -13,6 +13,7 @@ import { EventError, parseEvent, type HookEvent } from './runner/events.ts'
 import { DEVICE_STATUSES, type Data, type DeviceStatus } from './schema.ts'
 import { countDevices, gatewayStatus } from './status.ts'
 import type { Store } from './store.ts'
+import { checkForward, findForward, ForwardError, type ForwardRequest } from './forwards.ts'
 
 /** What the API needs from the runner; absent when the API runs without one (tests, tools). */
 export interface RunnerControl {
@@ -161,6 +162,19 @@ function needRunner(api: ApiContext): RunnerControl {
   return api.runner
 }
 
+/** A forward change in the store, then refresh-proxies to apply it; a refused change writes nothing. */
+async function changeForwards<T>(api: ApiContext, change: (data: Data) => T): Promise<T> {
+  let result: T
+  try {
+    result = await api.store.update(change)
+  } catch (err) {
+    if (err instanceof ForwardError) throw new HTTPError({ status: err.status, message: err.message })
+    throw err
+  }
+  api.runner?.trigger('refresh-proxies', 'api')
+  return result
+}
+
 export const ROUTES: ApiRoute[] = [
   { method: 'GET', path: '/health', handler: (_e, api) => ({ ok: true, version: api.version }) },
   {
@@ -199,6 +213,34 @@ export const ROUTES: ApiRoute[] = [
     async handler(_e, api) {
       const text = metrics(await api.store.read(), api.runner?.jobs().map((j) => j.name) ?? [])
       return new Response(text, { headers: { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' } })
+    },
+  },
+  { method: 'GET', path: '/forwards', handler: async (_e, api) => (await api.store.read()).forwards },
+  {
+    method: 'POST',
+    path: '/forwards',
+    async handler(event, api) {
+      const body = await readJson(event)
+      if (typeof body !== 'object' || body === null || Array.isArray(body)) throw badRequest('expected a JSON object { gatewayPort, deviceIp, devicePort, proto?, family? }')
+      const forward = await changeForwards(api, (data) => {
+        const f = checkForward(data, api.config(), body as ForwardRequest)
+        data.forwards.push(f)
+        return f
+      })
+      return new Response(JSON.stringify(forward), { status: 201, headers: { 'content-type': 'application/json' } })
+    },
+  },
+  {
+    method: 'DELETE',
+    path: '/forwards/:id',
+    async handler(event, api) {
+      const id = safeDecode(getRouterParam(event, 'id') ?? '')
+      return changeForwards(api, (data) => {
+        const f = findForward(data, { id })
+        if (!f) throw new ForwardError(`no forward ${JSON.stringify(id)}`, 404)
+        data.forwards = data.forwards.filter((x) => x !== f)
+        return f
+      })
     },
   },
   {

@@ -420,15 +420,16 @@ const dnsmasqHook: CheckFn = async (env) => {
 const nft: CheckFn = async (env) => {
   const { sh, config } = env.ctx
   const view = await env.store()
-  const { stdout, code, stderr } = await sh.query('nft', ['-j', 'list', 'table', 'inet', TABLE], { nothrow: true })
+  // The text listing: nft 1.0.6 leaves the table's comment out of its JSON.
+  const { stdout, code, stderr } = await sh.query('nft', ['list', 'table', 'inet', TABLE], { nothrow: true })
   const repair = view.data ? async () => { await syncNat(env.ctx, (await readStoreView(config.dataDir)).data ?? view.data!) } : undefined
   if (code !== 0) {
-    if (/No such file|does not exist/i.test(stderr) || code === 1) {
+    if (/No such file|does not exist/i.test(stderr)) {
       return { check: fail('nft', `table inet ${TABLE} is missing: no device NAT, no port forwards`, view.data ? 'create the table and load its maps from the store' : undefined), apply: repair }
     }
     return { check: fail('nft', `nft failed: ${stderr.trim()}`) }
   }
-  const comment = (JSON.parse(stdout) as { nftables: { table?: { comment?: string } }[] }).nftables.find((x) => x.table)?.table?.comment
+  const comment = /^\s*comment "([^"]*)"/m.exec(stdout)?.[1]
   const wanted = /comment "([^"]*)"/.exec(tableDefinition(tableOptions(config)))?.[1]
   if (comment !== wanted) return { check: fail('nft', `table inet ${TABLE} is from another version or settings (${comment ?? 'no comment'})`, 'recreate the table and load its maps'), apply: repair }
   if (!view.data) return noStore('nft', view)

@@ -7,7 +7,14 @@ import type { Data, Forward } from './schema.ts'
 
 export interface ForwardRequest { gatewayPort: unknown; deviceIp: unknown; devicePort: unknown; proto?: unknown; family?: unknown }
 
-export class ForwardError extends Error {}
+export class ForwardError extends Error {
+  /** 400: the request is wrong; 409: it clashes with an existing forward; 404: nothing to remove. */
+  readonly status: number
+  constructor(message: string, status = 400) {
+    super(message)
+    this.status = status
+  }
+}
 
 /** The original gateway's per-device defaults: gateway port -> device port. */
 export const QUICK_DEVICE_PORTS: [number, number][] = [[8080, 80], [2323, 23], [8443, 443], [2222, 22]]
@@ -32,7 +39,7 @@ export function checkForward(data: Data, config: Config, req: ForwardRequest, no
   if (!isHostIn(parseCidr4(config.lanAddr), deviceIp)) throw new ForwardError(`device address ${JSON.stringify(req.deviceIp)} is not a host on the LAN ${config.lanAddr}`)
   if (!Object.values(data.devices).some((d) => d.lanIpv4 === deviceIp && d.status !== 'gone')) throw new ForwardError(`no known device has the address ${deviceIp}`)
   const clash = data.forwards.find((f) => f.gatewayPort === gatewayPort && f.proto === proto && families(f.family).some((x) => families(family as Forward['family']).includes(x)))
-  if (clash) throw new ForwardError(`gateway port ${proto}/${gatewayPort} is already forwarded to ${clash.deviceIp}:${clash.devicePort} (forward ${clash.id})`)
+  if (clash) throw new ForwardError(`gateway port ${proto}/${gatewayPort} is already forwarded to ${clash.deviceIp}:${clash.devicePort} (forward ${clash.id})`, 409)
   return { id: randomBytes(4).toString('hex'), gatewayPort, deviceIp, devicePort, proto, family: family as Forward['family'], createdAt: now.toISOString() }
 }
 

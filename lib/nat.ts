@@ -27,10 +27,12 @@ export function natMaps(data: Data): Record<'dev_snat4' | 'dev_dnat4' | 'fwd4', 
 }
 
 export async function syncNat(ctx: { sh: Sh; config: Config }, data: Data): Promise<{ table: 'present' | 'created'; added: number; removed: number }> {
-  const table = await ensureTable(ctx.sh, tableOptions(ctx.config))
+  const maps = natMaps(data)
+  const table = await ensureTable(ctx.sh, tableOptions(ctx.config), maps)
+  if (table === 'created') return { table, added: Object.values(maps).reduce((n, m) => n + m.size, 0), removed: 0 }
   let added = 0
   let removed = 0
-  for (const [name, want] of Object.entries(natMaps(data))) {
+  for (const [name, want] of Object.entries(maps)) {
     const r = await syncMap(ctx.sh, name, want)
     added += r.added
     removed += r.removed

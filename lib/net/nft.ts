@@ -45,18 +45,21 @@ export function tableDefinition(o: TableOptions): string {
 `
 }
 
-interface NftTableJson { nftables: { table?: { name: string; comment?: string } }[] }
-
-/** Creates the table when missing or from another version (elements are re-synced by the caller). */
-export async function ensureTable(sh: Sh, o: TableOptions): Promise<'present' | 'created'> {
-  const { stdout, code } = await sh.query('nft', ['-j', 'list', 'table', 'inet', TABLE], { nothrow: true })
-  const definition = tableDefinition(o)
-  if (code === 0) {
-    const table = (JSON.parse(stdout) as NftTableJson).nftables.find((x) => x.table)?.table
-    if (table?.comment === stamp(o)) return 'present'
-  }
-  await sh.apply('nft', ['-f', '-'], { input: `table inet ${TABLE}\ndelete table inet ${TABLE}\n${definition}` })
+/**
+ * Creates the table when missing or from another version, with `elements` in the same transaction, so an
+ * upgrade never leaves a moment without forwards.
+ */
+export async function ensureTable(sh: Sh, o: TableOptions, elements: Record<string, Map<string, string>>): Promise<'present' | 'created'> {
+  // nft 1.0.6 leaves table comments out of its JSON output: read the text form.
+  const { stdout, code } = await sh.query('nft', ['list', 'table', 'inet', TABLE], { nothrow: true })
+  if (code === 0 && /^\s*comment "(.*)"$/m.exec(stdout)?.[1] === stamp(o)) return 'present'
+  const adds = Object.entries(elements).filter(([, m]) => m.size > 0).map(([name, m]) => addElements(name, m))
+  await sh.apply('nft', ['-f', '-'], { input: [`table inet ${TABLE}`, `delete table inet ${TABLE}`, tableDefinition(o), ...adds, ''].join('\n') })
   return 'created'
+}
+
+function addElements(name: string, entries: Iterable<[string, string]>): string {
+  return `add element inet ${TABLE} ${name} { ${[...entries].map(([k, v]) => `${k} : ${v}`).join(', ')} }`
 }
 
 export async function deleteTable(sh: Sh): Promise<void> {
@@ -74,8 +77,9 @@ export async function readMap(sh: Sh, name: string): Promise<Map<string, string>
 
 /** nft -j writes a concatenation as {"concat": [...]}; our keys are written "a . b". */
 function flat(value: unknown): string {
-  const concat = (value as { concat?: unknown[] })?.concat
-  return concat ? concat.map(String).join(' . ') : String(value)
+  // Only an object's concat: a plain string has String.prototype.concat.
+  const concat = typeof value === 'object' && value !== null ? (value as { concat?: unknown }).concat : undefined
+  return Array.isArray(concat) ? concat.map(String).join(' . ') : String(value)
 }
 
 /** Makes the map hold exactly `want`, in one nft transaction. Keys and values must be validated addresses. */
@@ -86,7 +90,7 @@ export async function syncMap(sh: Sh, name: string, want: Map<string, string>): 
   if (remove.length === 0 && add.length === 0) return { added: 0, removed: 0 }
   const lines: string[] = []
   if (remove.length > 0) lines.push(`delete element inet ${TABLE} ${name} { ${remove.join(', ')} }`)
-  if (add.length > 0) lines.push(`add element inet ${TABLE} ${name} { ${add.map(([k, v]) => `${k} : ${v}`).join(', ')} }`)
+  if (add.length > 0) lines.push(addElements(name, add))
   await sh.apply('nft', ['-f', '-'], { input: `${lines.join('\n')}\n` })
   return { added: add.length, removed: remove.length }
 }

@@ -8,11 +8,13 @@ import { unlink } from 'node:fs/promises'
 import { serve } from 'h3'
 import { createApi, packageVersion, type RunnerControl } from '../api.ts'
 import { ConfigError, loadConfig, type Config } from '../config.ts'
+import { createSh } from '../exec.ts'
 import { createLogger, type Logger } from '../log.ts'
 import { runnerPid, runnerPidFile } from '../runner-state.ts'
 import { openStore } from '../store.ts'
 import { createCoalescer, toPayload, type HookEvent } from './events.ts'
 import { discoverJobs, jobsDir } from './jobs.ts'
+import { exposureRoutes, startExposure } from './exposure.ts'
 import { createQueue, type Batch, type Item } from './queue.ts'
 import { recordRun } from './record.ts'
 import { jobsFor } from './routes.ts'
@@ -190,7 +192,8 @@ async function main(): Promise<void> {
     submit: (event) => submit(event),
   }
 
-  const app = createApi({ store, config: () => config, runner, version: packageVersion(), log })
+  const exposure = startExposure({ store, config: () => config, sh: createSh({ dryRun: false }), log: () => log })
+  const app = createApi({ store, config: () => config, runner, version: packageVersion(), log, routes: exposureRoutes(exposure) })
   const server = serve(app, { hostname: config.apiHost, port: config.apiPort, manual: true, silent: true, gracefulShutdown: false })
   let schedule: Schedule | undefined
   const startSchedule = () => scheduleJobs(config.schedules, (j) => !!jobFile(j), (job) => request(job, { items: [], triggers: ['cron'] }), (m) => log.info(m))
@@ -202,7 +205,7 @@ async function main(): Promise<void> {
     log.info(`${signal}: stopping`)
     schedule?.stop()
     watcher?.close()
-    const closed = server.close(true).catch(() => {})
+    const closed = Promise.all([server.close(true).catch(() => {}), exposure.close()])
     const left = coalescer.takeAll()
     for (const [job, batch] of queue.close()) left.set(job, [...(left.get(job) ?? []), ...batch.items])
     await Promise.all([...left].map(([job, items]) => keep(job, items)))

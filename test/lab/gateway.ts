@@ -1,6 +1,6 @@
 // dualgate inside a lab: the environment that points it at the router namespace's interfaces and a data dir
 // of its own, and a way to run its jobs there as a person would (`node jobs/x.ts --json`).
-import { execFile } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
 import { mkdirSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -44,4 +44,67 @@ export function runJob<T = unknown>(lab: Lab, name: string, args: string[] = [],
         resolve({ code, result: result as T, stderr, stdout })
       })
   })
+}
+
+export const API_PORT = '5050'
+export const API_TOKEN = 'lab-token-0123456789'
+
+export interface LabRunner { pid: number; stop(): Promise<number | null>; kill(): Promise<void>; log(): string }
+
+/** The runner in the router namespace, every schedule off (tests trigger jobs themselves). */
+export function startRunner(lab: Lab, env: Record<string, string> = {}): LabRunner {
+  const output: string[] = []
+  const child = spawn('ip', ['netns', 'exec', lab.router.ns, process.execPath, '--import=tsx', path.join(ROOT, 'lib/runner/main.ts')], {
+    cwd: ROOT,
+    env: gatewayEnv(lab, {
+      DUALGATE_API_PORT: API_PORT,
+      DUALGATE_API_TOKEN: API_TOKEN,
+      DUALGATE_COALESCE_WINDOW: '200',
+      DUALGATE_SCHEDULE_SCAN_ARP: '',
+      DUALGATE_SCHEDULE_ACQUIRE_LEASES: '',
+      DUALGATE_SCHEDULE_PRUNE_STALE: '',
+      DUALGATE_SCHEDULE_REFRESH_PROXIES: '',
+      DUALGATE_SCHEDULE_DIAGNOSE: '',
+      ...env,
+    }),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  child.stdout.on('data', (b) => output.push(String(b)))
+  child.stderr.on('data', (b) => output.push(String(b)))
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
+  return {
+    pid: child.pid!,
+    async stop() {
+      child.kill('SIGTERM')
+      return exited
+    },
+    async kill() {
+      child.kill('SIGKILL')
+      await exited
+    },
+    log: () => output.join(''),
+  }
+}
+
+/** GET (or another method) against the runner's API from inside the router namespace. */
+export async function api<T = unknown>(lab: Lab, method: string, urlPath: string, body?: unknown, token: string | undefined = API_TOKEN): Promise<{ status: number; body: T }> {
+  const args = ['-sS', '--max-time', '5', '-X', method, '-w', '\n%{http_code}', `http://127.0.0.1:${API_PORT}${urlPath}`]
+  if (token) args.push('-H', `authorization: Bearer ${token}`)
+  if (body !== undefined) args.push('-H', 'content-type: application/json', '--data-binary', JSON.stringify(body))
+  const { stdout, code, stderr } = await lab.exec(lab.router.ns, 'curl', args, { nothrow: true })
+  if (code !== 0) throw new Error(`curl ${urlPath}: ${stderr}`)
+  const cut = stdout.lastIndexOf('\n')
+  const text = stdout.slice(0, cut)
+  return { status: Number(stdout.slice(cut + 1)), body: (text ? JSON.parse(text) : undefined) as T }
+}
+
+/** Polls `probe` every 100 ms until it returns a value other than undefined, or throws after `ms`. */
+export async function until<T>(what: string, ms: number, probe: () => Promise<T | undefined>): Promise<T> {
+  const deadline = Date.now() + ms
+  for (;;) {
+    const value = await probe().catch(() => undefined)
+    if (value !== undefined) return value
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 100))
+  }
 }
