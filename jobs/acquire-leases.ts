@@ -9,7 +9,7 @@ import { freeRouteTable, logTransitions, setStatus, type Transition } from '../l
 import { acquireIdentity, refreshIdentity, releaseIdentity, wanSysctls, type IdentityEnv } from '../lib/identity.ts'
 import { defineJob, runMain, type Payload } from '../lib/job.ts'
 import { requireInterfaces } from '../lib/lan.ts'
-import { syncNat } from '../lib/nat.ts'
+import { addDeviceNat, syncNat } from '../lib/nat.ts'
 import { ensureLanRule } from '../lib/net/route.ts'
 import { probeUpstream, type Offer } from '../lib/net/upstream.ts'
 import type { Data, Device } from '../lib/schema.ts'
@@ -107,6 +107,8 @@ const job = defineJob({
         await releaseIdentity(env, device)
       }
       const identity = await acquireIdentity(env, device, offer, device.routeTable!)
+      // Traffic works the moment the store says active.
+      if (!identity.failure && identity.wanIpv4 && device.lanIpv4) await addDeviceNat(ctx, await store.read(), device.lanIpv4, identity.wanIpv4)
       progress?.(++done)
       const stamp = new Date().toISOString()
       const t = await store.update((d: Data) => {

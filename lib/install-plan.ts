@@ -23,8 +23,11 @@ export type Step =
   | { kind: 'link'; to: string; target: string }
   /** A named UCI section, added with `uci` commands (never by rewriting the package file). */
   | { kind: 'uci'; config: string; section: string; type: string; options: Record<string, string> }
-  /** A command for the live system (services); skipped on a fake root. `undo` runs at uninstall. */
-  | { kind: 'command'; argv: string[]; undo?: string[]; stage: 'after' }
+  /**
+   * A command for the live system (services), run after the files; skipped on a fake root. `undo` runs at
+   * uninstall, before the files go (stop, disable) or after (reloads that must see them gone).
+   */
+  | { kind: 'command'; argv: string[]; undo?: string[]; undoStage?: 'before' | 'after' }
 
 export interface PlanInput {
   platform: Platform
@@ -59,10 +62,10 @@ export function installPlan(input: PlanInput): Step[] {
       { kind: 'copy', from: 'hooks/openwrt/hotplug-iface', to: '/etc/hotplug.d/iface/50-dualgate' },
       { kind: 'copy', from: 'hooks/openwrt/fw4-forward.nft', to: '/usr/share/nftables.d/chain-pre/forward/30-dualgate.nft' },
       { kind: 'uci', config: 'firewall', section: 'dualgate', type: 'include', options: { type: 'script', path: `${INSTALL_DIR}/hooks/openwrt/firewall.include` } },
-      { kind: 'command', argv: ['/etc/init.d/dualgate', 'enable'], undo: ['/etc/init.d/dualgate', 'disable'], stage: 'after' },
-      { kind: 'command', argv: ['/etc/init.d/dualgate', 'restart'], undo: ['/etc/init.d/dualgate', 'stop'], stage: 'after' },
-      { kind: 'command', argv: ['/etc/init.d/firewall', 'reload'], undo: ['/etc/init.d/firewall', 'reload'], stage: 'after' },
-      { kind: 'command', argv: [input.dnsmasqService || '/etc/init.d/dnsmasq', 'restart'], undo: [input.dnsmasqService || '/etc/init.d/dnsmasq', 'restart'], stage: 'after' },
+      { kind: 'command', argv: ['/etc/init.d/dualgate', 'enable'], undo: ['/etc/init.d/dualgate', 'disable'] },
+      { kind: 'command', argv: ['/etc/init.d/dualgate', 'restart'], undo: ['/etc/init.d/dualgate', 'stop'] },
+      { kind: 'command', argv: ['/etc/init.d/firewall', 'reload'], undo: ['/etc/init.d/firewall', 'reload'], undoStage: 'after' },
+      { kind: 'command', argv: [input.dnsmasqService || '/etc/init.d/dnsmasq', 'restart'], undo: [input.dnsmasqService || '/etc/init.d/dnsmasq', 'restart'], undoStage: 'after' },
     )
   } else {
     steps.push(
@@ -71,13 +74,13 @@ export function installPlan(input: PlanInput): Step[] {
     )
     if (input.systemd) {
       steps.push(
-        { kind: 'command', argv: ['systemctl', 'daemon-reload'], undo: ['systemctl', 'daemon-reload'], stage: 'after' },
-        { kind: 'command', argv: ['systemctl', 'enable', 'dualgate'], undo: ['systemctl', 'disable', 'dualgate'], stage: 'after' },
-        { kind: 'command', argv: ['systemctl', 'restart', 'dualgate'], undo: ['systemctl', 'stop', 'dualgate'], stage: 'after' },
+        { kind: 'command', argv: ['systemctl', 'daemon-reload'], undo: ['systemctl', 'daemon-reload'], undoStage: 'after' },
+        { kind: 'command', argv: ['systemctl', 'enable', 'dualgate'], undo: ['systemctl', 'disable', 'dualgate'] },
+        { kind: 'command', argv: ['systemctl', 'restart', 'dualgate'], undo: ['systemctl', 'stop', 'dualgate'] },
       )
     }
     if (input.dnsmasqService) {
-      steps.push({ kind: 'command', argv: [input.dnsmasqService, 'restart'], undo: [input.dnsmasqService, 'restart'], stage: 'after' })
+      steps.push({ kind: 'command', argv: [input.dnsmasqService, 'restart'], undo: [input.dnsmasqService, 'restart'], undoStage: 'after' })
     }
   }
   return steps

@@ -5,7 +5,7 @@
 import type { Config } from './config.ts'
 import type { Sh } from './exec.ts'
 import { formatIpv4, isIpv4, parseCidr4 } from './ipv4.ts'
-import { ensureTable, syncMap, type TableOptions } from './net/nft.ts'
+import { addElements, ensureTable, syncMap, type TableOptions } from './net/nft.ts'
 import type { Data } from './schema.ts'
 
 export function tableOptions(config: Config): TableOptions {
@@ -38,4 +38,11 @@ export async function syncNat(ctx: { sh: Sh; config: Config }, data: Data): Prom
     removed += r.removed
   }
   return { table, added, removed }
+}
+
+/** One device's 1:1 NAT, added as soon as its identity is up (the next syncNat reconciles everything). */
+export async function addDeviceNat(ctx: { sh: Sh; config: Config }, data: Data, lanIpv4: string, wanIpv4: string): Promise<void> {
+  if (!isIpv4(lanIpv4) || !isIpv4(wanIpv4)) return
+  await ensureTable(ctx.sh, tableOptions(ctx.config), natMaps(data))
+  await ctx.sh.apply('nft', ['-f', '-'], { input: `${addElements('dev_snat4', [[lanIpv4, wanIpv4]])}\n${addElements('dev_dnat4', [[wanIpv4, lanIpv4]])}\n` })
 }

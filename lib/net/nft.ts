@@ -58,7 +58,7 @@ export async function ensureTable(sh: Sh, o: TableOptions, elements: Record<stri
   return 'created'
 }
 
-function addElements(name: string, entries: Iterable<[string, string]>): string {
+export function addElements(name: string, entries: Iterable<[string, string]>): string {
   return `add element inet ${TABLE} ${name} { ${[...entries].map(([k, v]) => `${k} : ${v}`).join(', ')} }`
 }
 
