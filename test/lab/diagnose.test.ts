@@ -181,7 +181,7 @@ describe.skipIf(!isRoot())('diagnose (lab)', () => {
       expect(failing(fixed.result)).toEqual([])
 
       const again = await diagnose(['--fix-all'])
-      expect(again.code, again.stderr).toBe(0)
+      expect(again.code, `${again.stderr}\n${JSON.stringify(again.result, null, 1)}`).toBe(0)
       expect(again.result.fixes).toEqual([])
     }, 90_000)
   }

@@ -1,0 +1,44 @@
+// Log lines for people: parsing the JSON log, filtering by job and device, the readable format.
+import { describe, expect, it } from 'vitest'
+import { formatEntry, lastMatching, localTime, logFiles, matches, parseEntry } from '../../lib/log-view.ts'
+
+const line = (o: Record<string, unknown>) => JSON.stringify({ time: '2025-03-04T05:06:07.000Z', level: 'info', msg: 'x', ...o })
+
+describe('log view', () => {
+  it('parses our lines and skips torn or foreign ones', () => {
+    expect(parseEntry(line({ tag: 'scan-arp' }))).toMatchObject({ tag: 'scan-arp', msg: 'x' })
+    expect(parseEntry('{"time": "2025-')).toBeUndefined()
+    expect(parseEntry('plain text')).toBeUndefined()
+    expect(parseEntry('{"level": "info"}')).toBeUndefined()
+  })
+
+  it('filters by job (the tag) and by device (the mac field or the message)', () => {
+    const a = parseEntry(line({ tag: 'acquire-leases', msg: '02:aa:00:00:00:01 acquiring -> active', mac: '02:aa:00:00:00:01' }))!
+    const b = parseEntry(line({ tag: 'runner', msg: 'acquire-leases (cron): ok in 30 ms' }))!
+    const c = parseEntry(line({ tag: 'scan-arp', msg: 'ignored lease 02:aa:00:00:00:01 198.18.0.9: outside' }))!
+    expect(matches(a, { job: 'acquire-leases' })).toBe(true)
+    expect(matches(b, { job: 'acquire-leases' })).toBe(false)
+    expect(matches(a, { mac: '02:aa:00:00:00:01' })).toBe(true)
+    expect(matches(c, { mac: '02:aa:00:00:00:01' })).toBe(true)
+    expect(matches(b, { mac: '02:aa:00:00:00:01' })).toBe(false)
+    expect(matches(a, { job: 'scan-arp', mac: '02:aa:00:00:00:01' })).toBe(false)
+  })
+
+  it('formats TIME LEVEL [tag] msg in local time', () => {
+    const e = parseEntry(line({ tag: 'prune-stale', level: 'warn', msg: 'two\nlines' }))!
+    const d = new Date('2025-03-04T05:06:07.000Z')
+    const p = (n: number) => String(n).padStart(2, '0')
+    const t = `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`
+    expect(localTime(e.time)).toBe(t)
+    expect(formatEntry(e)).toBe(`${t} WARN  [prune-stale] two lines`)
+    expect(formatEntry(parseEntry(line({}))!)).toBe(`${t} INFO  x`)
+  })
+
+  it('reads the rotations oldest first and keeps the last N matching lines', () => {
+    expect(logFiles('/d', 3)).toEqual(['/d/logs/dualgate.log.2', '/d/logs/dualgate.log.1', '/d/logs/dualgate.log'])
+    expect(logFiles('/d', 1)).toEqual(['/d/logs/dualgate.log'])
+    const lines = [1, 2, 3, 4, 5].map((i) => line({ tag: i % 2 ? 'odd' : 'even', msg: String(i) }))
+    expect(lastMatching(lines, { job: 'odd' }, 2).map((l) => parseEntry(l)!.msg)).toEqual(['3', '5'])
+    expect(lastMatching(lines, {}, 0)).toEqual([])
+  })
+})
