@@ -75,9 +75,9 @@ describe('gateway-* commands', () => {
   })
 
   it('gateway-port-forward and gateway-diagnose refuse bad arguments with usage and exit 2', async () => {
-    const pf = await cli('gateway-port-forward', ['frobnicate'])
+    const pf = await cli('gateway-port-forward', ['list', '--protocol', 'tcp'])
     expect(pf.code).toBe(2)
-    expect(pf.stderr).toMatch(/unknown action "frobnicate"[\s\S]*usage: port-forward/)
+    expect(pf.stderr).toMatch(/Unknown option '--protocol'[\s\S]*usage: port-forward/)
     expect(JSON.parse((await cli('gateway-port-forward', ['list', '--json'])).stdout)).toEqual({ action: 'list', forwards: [] })
     const d = await cli('gateway-diagnose', ['--fix', 'everything'])
     expect(d.code).toBe(2)
