@@ -54,7 +54,7 @@ const job = defineJob({
     }
 
     await requireInterfaces(sh, config)
-    await mkdir(config.runDir, { recursive: true })
+    if (!ctx.dryRun) await mkdir(config.runDir, { recursive: true })
     await sh.apply('sysctl', ['-q', '-w', ...wanSysctls(config.wanIf)])
     await ensureLanRule(sh, config.lanAddr)
     const offer = await probeUpstream(sh, config.wanIf)

@@ -57,6 +57,8 @@ export interface ContextOptions {
   options?: JobContext['options']
   trigger?: string
   interactive?: boolean
+  /** Where a dry run prints its plan: stdout for people, stderr when stdout carries --json. */
+  planTo?: NodeJS.WritableStream
 }
 
 export function createContext(o: ContextOptions): JobContext {
@@ -67,7 +69,7 @@ export function createContext(o: ContextOptions): JobContext {
     config,
     store: o.dryRun ? readOnly(store, log) : store,
     log,
-    sh: createSh({ dryRun: !!o.dryRun, trace: (line) => log.debug(line) }),
+    sh: createSh({ dryRun: !!o.dryRun, trace: (line) => log.debug(line), print: (line) => (o.planTo ?? process.stdout).write(`${line}\n`) }),
     dryRun: !!o.dryRun,
     verbose: !!o.verbose,
     args: o.args ?? [],
@@ -151,6 +153,7 @@ export async function runCli(job: Job, argv: string[]): Promise<number> {
     options: values as JobContext['options'],
     trigger: 'cli',
     interactive: !!process.stderr.isTTY && !values.json,
+    planTo: values.json ? process.stderr : process.stdout,
   })
   try {
     const result = await job.run({ payload: [], ctx })

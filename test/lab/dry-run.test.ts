@@ -1,0 +1,56 @@
+// --dry-run of every job prints the system commands it would run and changes nothing: not the links,
+// addresses, rules, routes, nftables ruleset or processes of the router, not the store.
+import { createHash } from 'node:crypto'
+import { existsSync, readdirSync, readFileSync } from 'node:fs'
+import path from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { gatewayEnv, runJob } from './gateway.ts'
+import { createLab, isRoot, type Lab } from './lab.ts'
+
+async function snapshot(lab: Lab): Promise<string> {
+  const ns = lab.router.ns
+  const parts: string[] = []
+  for (const args of [['-d', 'addr'], ['rule'], ['-6', 'rule'], ['route', 'show', 'table', 'all'], ['-6', 'route', 'show', 'table', 'all']]) {
+    parts.push((await lab.exec(ns, 'ip', args)).stdout.replace(/valid_lft \S+ preferred_lft \S+|expires \d+sec/g, ''))
+  }
+  parts.push((await lab.exec(ns, 'nft', ['list', 'ruleset'])).stdout)
+  // Processes of this namespace only: other labs on the machine run clients of their own.
+  const pids = (await lab.exec(ns, 'ip', ['netns', 'pids', ns])).stdout.split('\n').filter(Boolean)
+  parts.push(pids.map((pid) => { try { return readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ') } catch { return '' } }).filter((c) => !c.includes('ip netns pids')).sort().join('\n'))
+  const dataDir = gatewayEnv(lab).DUALGATE_DATA_DIR
+  const store = path.join(dataDir, 'dualgate.json')
+  parts.push(existsSync(store) ? createHash('sha256').update(readFileSync(store)).digest('hex') : 'no store')
+  parts.push(readdirSync(dataDir).filter((n) => n !== 'logs' && n !== 'spool').sort().join(' '))
+  return parts.join('\n----\n')
+}
+
+describe.skipIf(!isRoot())('--dry-run (lab)', () => {
+  let lab: Lab
+
+  beforeAll(async () => {
+    lab = await createLab({ mode: 'dual', devices: 2 })
+    // Devices known to the store, but no identity yet: every data-plane job has work to plan.
+    expect((await runJob(lab, 'scan-arp')).code).toBe(0)
+  })
+  afterAll(async () => { await lab?.teardown() })
+
+  const plans: [string, string[], RegExp[]][] = [
+    ['acquire-leases', [], [/ip link add link eth0 name dg[0-9a-f]{12} address [0-9a-f:]{17} type macvlan/, /udhcpc -f -n -R -i dg[0-9a-f]{12} .* &/, /dhclient -6 -d -D LL .* &/, /nft -f -/]],
+    ['refresh-proxies', [], [/nft -f -/]],
+    ['prune-stale', [], []],
+    ['port-forward', ['add', '8080', 'DEVICE_IP', '80'], [/nft -f -/]],
+    ['scan-arp', [], []],
+  ]
+
+  for (const [job, args, printed] of plans) {
+    it(`${job} ${args.join(' ')} prints its plan and changes nothing`, async () => {
+      const before = await snapshot(lab)
+      const run = await runJob(lab, job, ['--dry-run', ...args.map((a) => a.replace('DEVICE_IP', lab.devices[0].lanIpv4))])
+      expect(run.code, run.stderr).toBe(0)
+      // Under --json the plan goes to stderr and stdout stays one JSON document.
+      expect(run.result).toBeDefined()
+      for (const line of printed) expect(run.stderr).toMatch(line)
+      expect(await snapshot(lab)).toBe(before)
+    })
+  }
+})
