@@ -57,6 +57,7 @@ const job = defineJob({
     if (!ctx.dryRun) await mkdir(config.runDir, { recursive: true })
     await sh.apply('sysctl', ['-q', '-w', ...wanSysctls(config.wanIf)])
     await ensureLanRule(sh, config.lanAddr)
+    await syncNat(ctx, before)
     const offer = await probeUpstream(sh, config.wanIf)
     result.offer = offer
     const now = new Date()
@@ -108,7 +109,7 @@ const job = defineJob({
       }
       const identity = await acquireIdentity(env, device, offer, device.routeTable!)
       // Traffic works the moment the store says active.
-      if (!identity.failure && identity.wanIpv4 && device.lanIpv4) await addDeviceNat(ctx, await store.read(), device.lanIpv4, identity.wanIpv4)
+      if (!identity.failure && identity.wanIpv4 && device.lanIpv4) await addDeviceNat(ctx, device.lanIpv4, identity.wanIpv4)
       progress?.(++done)
       const stamp = new Date().toISOString()
       const t = await store.update((d: Data) => {

@@ -142,20 +142,17 @@ export async function acquireIdentity(env: IdentityEnv, device: Device, offer: O
 }
 
 async function configureIdentity(env: IdentityEnv, device: Device, ifname: string, offer: Offer, table: number, v4: Lease4 | undefined, v6: Lease6 | undefined, wanIpv6: string[]): Promise<void> {
-  const { sh, config } = env
-  if (v4) await sh.apply('ip', ['-4', 'addr', 'replace', `${v4.ip}/${v4.prefix}`, 'dev', ifname, 'noprefixroute'])
-  // Kept until we remove it: a client that dies is noticed by refreshIdentity, which acquires again.
-  if (v6) await sh.apply('ip', ['-6', 'addr', 'replace', `${v6.ip6}/128`, 'dev', ifname, 'noprefixroute'])
   if (!device.lanIpv4) return
   const subnet4 = v4 ? `${formatIpv4(parseCidr4(`${v4.ip}/${v4.prefix}`).network)}/${v4.prefix}` : undefined
-  await applyDeviceRoutes(sh, {
+  // The DHCPv6 address is kept until we remove it: a client that dies is noticed by refreshIdentity.
+  await applyDeviceRoutes(env.sh, {
     table,
     ifname,
-    lanIf: config.lanIf,
+    lanIf: env.config.lanIf,
     lanIpv4: device.lanIpv4,
-    lanSubnet: config.lanAddr,
+    lanSubnet: env.config.lanAddr,
     wanIpv4: v4 && subnet4 ? { address: v4.ip, subnet: subnet4, gateway: v4.router } : undefined,
-    wanIpv6: wanIpv6.length > 0 ? { addresses: wanIpv6, prefixes: offer.prefixes, gateway: offer.gateway6 } : undefined,
+    wanIpv6: wanIpv6.length > 0 ? { addresses: wanIpv6, dhcpAddress: v6?.ip6, prefixes: offer.prefixes, gateway: offer.gateway6 } : undefined,
   })
 }
 

@@ -40,9 +40,11 @@ export async function syncNat(ctx: { sh: Sh; config: Config }, data: Data): Prom
   return { table, added, removed }
 }
 
-/** One device's 1:1 NAT, added as soon as its identity is up (the next syncNat reconciles everything). */
-export async function addDeviceNat(ctx: { sh: Sh; config: Config }, data: Data, lanIpv4: string, wanIpv4: string): Promise<void> {
+/**
+ * One device's 1:1 NAT, added as soon as its identity is up; the table exists (the caller ran syncNat first)
+ * and the next syncNat reconciles everything.
+ */
+export async function addDeviceNat(ctx: { sh: Sh }, lanIpv4: string, wanIpv4: string): Promise<void> {
   if (!isIpv4(lanIpv4) || !isIpv4(wanIpv4)) return
-  await ensureTable(ctx.sh, tableOptions(ctx.config), natMaps(data))
   await ctx.sh.apply('nft', ['-f', '-'], { input: `${addElements('dev_snat4', [[lanIpv4, wanIpv4]])}\n${addElements('dev_dnat4', [[wanIpv4, lanIpv4]])}\n` })
 }

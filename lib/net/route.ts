@@ -14,7 +14,8 @@ export interface DeviceRoutes {
   lanIpv4: string
   lanSubnet: string
   wanIpv4?: { address: string; subnet: string; gateway?: string }
-  wanIpv6?: { addresses: string[]; prefixes: string[]; gateway?: string }
+  /** All the device's WAN IPv6 addresses; `dhcpAddress` is the one we configure (SLAAC ones the kernel does). */
+  wanIpv6?: { addresses: string[]; dhcpAddress?: string; prefixes: string[]; gateway?: string }
 }
 
 interface RuleJson { priority: number; src?: string; srclen?: number; dst?: string; iif?: string; table?: string }
@@ -26,31 +27,49 @@ export async function listRules(sh: Sh, family: 4 | 6): Promise<RuleJson[]> {
 
 /** The rule that keeps LAN-to-LAN traffic in the main table (shared by all devices). */
 export async function ensureLanRule(sh: Sh, lanSubnet: string): Promise<void> {
-  const rules = await listRules(sh, 4)
-  const [dst, len] = lanSubnet.split('/')
-  if (!rules.some((r) => r.priority === PREF_LAN && r.dst === dst && String((r as { dstlen?: number }).dstlen) === len)) {
-    await sh.apply('ip', ['-4', 'rule', 'add', 'to', lanSubnet, 'lookup', 'main', 'pref', String(PREF_LAN)])
+  await ensureMainRule(sh, lanSubnet)
+}
+
+const isMainRule = (r: RuleJson, subnet: string) => {
+  const [dst, len] = subnet.split('/')
+  return r.priority === PREF_LAN && r.dst === dst && String((r as { dstlen?: number }).dstlen) === len
+}
+
+/** An IPv4 rule at PREF_LAN sending traffic to `subnet` to the main table, ahead of the per-device rules. */
+export async function ensureMainRule(sh: Sh, subnet: string): Promise<void> {
+  if (!(await listRules(sh, 4)).some((r) => isMainRule(r, subnet))) {
+    await sh.apply('ip', ['-4', 'rule', 'add', 'to', subnet, 'lookup', 'main', 'pref', String(PREF_LAN)])
+  }
+}
+
+export async function removeMainRule(sh: Sh, subnet: string): Promise<void> {
+  if ((await listRules(sh, 4)).some((r) => isMainRule(r, subnet))) {
+    await sh.apply('ip', ['-4', 'rule', 'del', 'to', subnet, 'lookup', 'main', 'pref', String(PREF_LAN)], { nothrow: true })
   }
 }
 
 export async function applyDeviceRoutes(sh: Sh, r: DeviceRoutes): Promise<void> {
   const table = String(r.table)
-  const existing4 = await listRules(sh, 4)
   const has = (rules: RuleJson[], src: string, iif?: string) => rules.some((x) => x.priority === PREF_DEVICE && x.src === src && x.table === table && (iif === undefined || x.iif === iif))
   if (r.wanIpv4) {
     const src = r.wanIpv4.address
-    await sh.apply('ip', ['-4', 'route', 'replace', r.wanIpv4.subnet, 'dev', r.ifname, 'src', src, 'table', table])
-    if (r.wanIpv4.gateway) await sh.apply('ip', ['-4', 'route', 'replace', 'default', 'via', r.wanIpv4.gateway, 'dev', r.ifname, 'src', src, 'table', table])
-    if (!has(existing4, r.lanIpv4, r.lanIf)) await sh.apply('ip', ['-4', 'rule', 'add', 'from', r.lanIpv4, 'iif', r.lanIf, 'lookup', table, 'pref', String(PREF_DEVICE)])
-    if (!has(existing4, src)) await sh.apply('ip', ['-4', 'rule', 'add', 'from', src, 'lookup', table, 'pref', String(PREF_DEVICE)])
+    const existing = await listRules(sh, 4)
+    const lines = [
+      `addr replace ${src}/${r.wanIpv4.subnet.split('/')[1]} dev ${r.ifname} noprefixroute`,
+      `route replace ${r.wanIpv4.subnet} dev ${r.ifname} src ${src} table ${table}`,
+    ]
+    if (r.wanIpv4.gateway) lines.push(`route replace default via ${r.wanIpv4.gateway} dev ${r.ifname} src ${src} table ${table}`)
+    if (!has(existing, r.lanIpv4, r.lanIf)) lines.push(`rule add from ${r.lanIpv4} iif ${r.lanIf} lookup ${table} pref ${PREF_DEVICE}`)
+    if (!has(existing, src)) lines.push(`rule add from ${src} lookup ${table} pref ${PREF_DEVICE}`)
+    await sh.apply('ip', ['-4', '-batch', '-'], { input: `${lines.join('\n')}\n` })
   }
   if (r.wanIpv6 && r.wanIpv6.addresses.length > 0) {
-    const existing6 = await listRules(sh, 6)
-    for (const prefix of r.wanIpv6.prefixes) await sh.apply('ip', ['-6', 'route', 'replace', prefix, 'dev', r.ifname, 'table', table])
-    if (r.wanIpv6.gateway) await sh.apply('ip', ['-6', 'route', 'replace', 'default', 'via', r.wanIpv6.gateway, 'dev', r.ifname, 'table', table])
-    for (const address of r.wanIpv6.addresses) {
-      if (!has(existing6, address)) await sh.apply('ip', ['-6', 'rule', 'add', 'from', address, 'lookup', table, 'pref', String(PREF_DEVICE)])
-    }
+    const existing = await listRules(sh, 6)
+    const lines = r.wanIpv6.dhcpAddress ? [`addr replace ${r.wanIpv6.dhcpAddress}/128 dev ${r.ifname} noprefixroute`] : []
+    for (const prefix of r.wanIpv6.prefixes) lines.push(`route replace ${prefix} dev ${r.ifname} table ${table}`)
+    if (r.wanIpv6.gateway) lines.push(`route replace default via ${r.wanIpv6.gateway} dev ${r.ifname} table ${table}`)
+    for (const address of r.wanIpv6.addresses) if (!has(existing, address)) lines.push(`rule add from ${address} lookup ${table} pref ${PREF_DEVICE}`)
+    if (lines.length > 0) await sh.apply('ip', ['-6', '-batch', '-'], { input: `${lines.join('\n')}\n` })
   }
 }
 
