@@ -112,6 +112,20 @@ describe.skipIf(!isRoot())('device lifecycle, dual-stack upstream (lab)', () => 
     await lab.exec(lab.router.ns, 'ip', ['neigh', 'del', '198.18.200.10', 'dev', lab.router.lanIf], { nothrow: true })
   })
 
+  it('past maxDevices logs clearly and adds no more', async () => {
+    const known = Object.values(await devices(lab)).filter((d) => d.status !== 'gone').length
+    const leases = path.join(lab.dir, 'crowd.leases')
+    const far = Math.floor(Date.now() / 1000) + 3600
+    writeFileSync(leases, [1, 2, 3].map((i) => `${far} 02:cc:00:00:00:0${i} 198.19.0.21${i} crowd${i} *`).join('\n'))
+    const scan = await runJob<ScanResult>(lab, 'scan-arp', [], { DUALGATE_DNSMASQ_LEASES: leases, DUALGATE_MAX_DEVICES: String(known + 1) })
+    expect(scan.code, scan.stderr).toBe(0)
+    expect(scan.result.added).toHaveLength(1)
+    expect(scan.result.overLimit).toHaveLength(2)
+    expect(scan.stderr).toMatch(/maxDevices \(\d+\) reached: 2 devices not added/)
+    const table = await devices(lab)
+    expect(scan.result.overLimit.filter((mac) => table[mac])).toEqual([])
+  })
+
   it('prunes an unplugged device: no macvlan, rule, route, nft element or client process remains', async () => {
     const dev = lab.devices[0]
     const d = (await devices(lab))[dev.mac]
