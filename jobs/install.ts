@@ -68,14 +68,16 @@ const job = defineJob({
     const root = path.resolve(typeof ctx.options.root === 'string' ? ctx.options.root : ctx.config.rootDir)
     if (!existsSync(root)) throw new UsageError(`--root ${root} does not exist`)
     const platform = detectPlatform(root, (choice as Platform | undefined) ?? ctx.config.platform)
-    const io: InstallIo = { root, sh: ctx.sh, dryRun: ctx.dryRun, print: (line) => process.stdout.write(`${line}\n`) }
+    // A dry run's plan goes where the shell's does: stdout for people, stderr when stdout carries --json.
+    const planTo = ctx.options.json ? process.stderr : process.stdout
+    const io: InstallIo = { root, sh: ctx.sh, dryRun: ctx.dryRun, print: (line) => planTo.write(`${line}\n`) }
     const report = emptyReport()
     const result: InstallResult = { action, platform, root, dryRun: ctx.dryRun, ...report }
 
     if (action === 'install') {
       const steps = installPlan({ platform, files: await sourceFiles(ROOT), systemd: root === '/' && systemdRunning(), dnsmasqService: ctx.config.dnsmasqService })
       await applyPlan(io, steps, ROOT, platform, report)
-      ctx.log.info(`installed for ${platform} under ${root}: ${report.written.length} written, ${report.unchanged} unchanged`)
+      if (!ctx.dryRun) ctx.log.info(`installed for ${platform} under ${root}: ${report.written.length} written, ${report.unchanged} unchanged`)
       return { ...result, ...report }
     }
 
@@ -90,7 +92,7 @@ const job = defineJob({
       else for (const dir of [config.dataDir, config.runDir]) await rm(dir, { recursive: true, force: true })
       dataKept = undefined
     }
-    if (manifest) ctx.log.info(`uninstalled from ${root}: ${report.removed.length} removed, ${report.restored.length} restored`)
+    if (manifest && !ctx.dryRun) ctx.log.info(`uninstalled from ${root}: ${report.removed.length} removed, ${report.restored.length} restored`)
     return { ...result, ...report, network, notInstalled: !manifest, dataKept }
   },
   format(r: InstallResult) {

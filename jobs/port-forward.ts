@@ -33,6 +33,7 @@ const job = defineJob({
   async run({ ctx }): Promise<ForwardResult> {
     const [action, ...args] = ctx.args
     const opts = { proto: ctx.options.proto, family: ctx.options.family }
+    if (!['list', 'add', 'remove', 'quick-device', undefined].includes(action)) throw new UsageError(`unknown action "${action}"`)
     if (action !== 'list' && action !== undefined) await requireInterfaces(ctx.sh, ctx.config)
     switch (action) {
       case 'list':

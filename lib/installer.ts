@@ -63,7 +63,7 @@ export async function readManifest(root: string): Promise<Manifest | undefined> 
 /** Creates the directories above `file` that are missing, remembering them (system paths). */
 async function ensureParent(io: InstallIo, file: string, created: Set<string>): Promise<void> {
   const missing: string[] = []
-  for (let dir = path.dirname(file); dir !== '/' && !(await exists(under(io, dir))); dir = path.dirname(dir)) missing.push(dir)
+  for (let dir = path.dirname(file); dir !== '/' && !created.has(dir) && !(await exists(under(io, dir))); dir = path.dirname(dir)) missing.push(dir)
   if (missing.length === 0) return
   for (const d of missing) created.add(d)
   if (io.dryRun) io.print(`mkdir -p ${under(io, path.dirname(file))}`)

@@ -216,17 +216,43 @@ describe('api', () => {
     expect((await json(alone.fetch(req('/jobs/count/run', { method: 'POST', token: 'rotated' })))).status).toBe(503)
   })
 
+  it('adds, refuses and removes forwards, and asks for refresh-proxies after a change', async () => {
+    const s = setup({ DUALGATE_LAN_ADDR: '198.19.0.1/24' })
+    await s.store.update((d) => { d.devices['02:00:00:00:00:09'] = { ...device('02:00:00:00:00:09', 'active', '2024-01-01T00:00:00.000Z'), lanIpv4: '198.19.0.9' } })
+    const triggered: string[] = []
+    const runner: RunnerControl = { jobs: () => [], trigger: (job, trigger) => { triggered.push(`${job}:${trigger}`); return 'queued' }, submit: () => [] }
+    const ext = createApi({ store: s.store, config: s.config, runner })
+    const post = (body: unknown, token: string | undefined = TOKEN) => json(ext.fetch(req('/forwards', { method: 'POST', token, body: JSON.stringify(body), headers: { 'content-type': 'application/json' } })))
+    expect((await post({ gatewayPort: 8080, deviceIp: '198.19.0.9', devicePort: 80 }, '')).status).toBe(401)
+    const created = await post({ gatewayPort: 8080, deviceIp: '198.19.0.9', devicePort: 80 })
+    expect(created.status).toBe(201)
+    expect(created.body).toMatchObject({ gatewayPort: 8080, deviceIp: '198.19.0.9', devicePort: 80, proto: 'tcp', family: 'both' })
+    expect((await post({ gatewayPort: 8080, deviceIp: '198.19.0.9', devicePort: 81 })).status).toBe(409)
+    expect((await post({ gatewayPort: 8081, deviceIp: '198.19.0.9', devicePort: 81, proto: 'udp' })).status).toBe(201)
+    for (const bad of [{ gatewayPort: 70000, deviceIp: '198.19.0.9', devicePort: 80 }, { gatewayPort: 8082, deviceIp: '10.0.0.9', devicePort: 80 }, { gatewayPort: 8082, deviceIp: '198.19.0.99', devicePort: 80 }, { gatewayPort: 8082, deviceIp: '198.19.0.9', devicePort: 80, family: 5 }]) {
+      const r = await post(bad)
+      expect(r.status).toBe(400)
+      expect(r.body.error).toMatch(/port|LAN|device|family/)
+    }
+    expect((await s.store.read()).forwards).toHaveLength(2)
+    expect((await json(ext.fetch(req('/forwards/nosuch', { method: 'DELETE', token: TOKEN })))).status).toBe(404)
+    expect((await json(ext.fetch(req(`/forwards/${created.body.id}`, { method: 'DELETE', token: TOKEN })))).status).toBe(200)
+    expect((await json(ext.fetch(req('/forwards')))).body).toHaveLength(1)
+    // One refresh per accepted change (two adds, one delete); refused requests ask for nothing.
+    expect(triggered).toEqual(['refresh-proxies:api', 'refresh-proxies:api', 'refresh-proxies:api'])
+  })
+
   it('takes more routes from the caller, with the same access rules', async () => {
     const s = setup()
-    const forwards: string[] = []
+    const widgets: string[] = []
     const routes: ApiRoute[] = [
-      { method: 'GET', path: '/forwards', handler: () => forwards },
-      { method: 'DELETE', path: '/forwards/:id', handler: (event) => { forwards.push(`deleted ${event.context.params?.id}`); return { ok: true } } },
+      { method: 'GET', path: '/widgets', handler: () => widgets },
+      { method: 'DELETE', path: '/widgets/:id', handler: (event) => { widgets.push(`deleted ${event.context.params?.id}`); return { ok: true } } },
     ]
     const ext = createApi({ store: s.store, config: s.config, routes })
-    expect(await json(ext.fetch(req('/forwards')))).toEqual({ status: 200, body: [] })
-    expect((await json(ext.fetch(req('/forwards/f1', { method: 'DELETE' })))).status).toBe(401)
-    expect(await json(ext.fetch(req('/forwards/f1', { method: 'DELETE', token: TOKEN })))).toEqual({ status: 200, body: { ok: true } })
-    expect(forwards).toEqual(['deleted f1'])
+    expect(await json(ext.fetch(req('/widgets')))).toEqual({ status: 200, body: [] })
+    expect((await json(ext.fetch(req('/widgets/w1', { method: 'DELETE' })))).status).toBe(401)
+    expect(await json(ext.fetch(req('/widgets/w1', { method: 'DELETE', token: TOKEN })))).toEqual({ status: 200, body: { ok: true } })
+    expect(widgets).toEqual(['deleted w1'])
   })
 })
