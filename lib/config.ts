@@ -4,6 +4,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import path from 'node:path'
 import { validate as validCron } from 'node-cron'
 import { z } from 'zod'
+import { nat64PoolError, nat64PrefixError } from './nat64.ts'
 import { parseUci, UciSyntaxError } from './uci.ts'
 
 const ifname = z.string().regex(/^[A-Za-z0-9_.@-]{1,15}$/, 'not an interface name (1-15 of A-Z a-z 0-9 _ . @ -)')
@@ -17,6 +18,10 @@ const cron = z.string().refine((v) => v === '' || validCron(v), 'not a cron expr
 const ports = z.union([z.array(z.coerce.number()), z.string()])
   .transform((v) => (Array.isArray(v) ? v : v.split(/[\s,]+/).filter(Boolean).map(Number)))
   .pipe(z.array(z.number().int('expected whole port numbers').min(1).max(65535)))
+const checked = (why: (v: string) => string | undefined) => z.string().superRefine((v, ctx) => {
+  const message = why(v)
+  if (message) ctx.addIssue({ code: 'custom', message })
+})
 
 /** Every key: its schema and its default. UCI option names and env names are derived from the key. */
 const spec = {
@@ -48,8 +53,16 @@ const spec = {
   relayPorts: [ports, [80, 23]],
   relayUdpPorts: [ports, []],
   dnatPorts: [z.string().regex(/^(all|\d+(-\d+)?(,\d+(-\d+)?)*)$/, 'expected "all" or ports such as 80,443,8000-8100'), 'all'],
+  /** NAT64 through tayga, run by the runner: every port and protocol of a device at <nat64Prefix>::<its LAN IPv4>. */
   nat64: [bool, false],
-  nat64Prefix: [z.string(), '64:ff9b::/96'],
+  /**
+   * A /96 the upstream routes to the router. "auto": a ULA derived from the WAN MAC (fdxx:xxxx:xxxx:64::/96),
+   * unique per router. Not 64:ff9b::/96: RFC 6052 forbids it for private IPv4, and tayga 0.9.2 refuses
+   * RFC 8215's 64:ff9b:1::/48.
+   */
+  nat64Prefix: [checked((v) => (v === 'auto' ? undefined : nat64PrefixError(v))), 'auto'],
+  /** IPv4 addresses tayga gives IPv6 clients; they never leave the router (masqueraded toward the LAN). */
+  nat64Pool: [checked(nat64PoolError), '192.168.255.0/24'],
   /** Prefix for the system files diagnose and install read and change (/etc/...); tests use a fake root. */
   rootDir: [z.string().min(1), '/'],
   /** openwrt or debian; auto: openwrt when <rootDir>/etc/openwrt_release exists. */

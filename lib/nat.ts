@@ -6,11 +6,12 @@ import type { Config } from './config.ts'
 import type { Sh } from './exec.ts'
 import { formatIpv4, isIpv4, parseCidr4 } from './ipv4.ts'
 import { addElements, ensureTable, syncMap, type TableOptions } from './net/nft.ts'
+import { TUN } from './net/tayga.ts'
 import type { Data } from './schema.ts'
 
 export function tableOptions(config: Config): TableOptions {
   const lan = parseCidr4(config.lanAddr)
-  return { dnatPorts: config.dnatPorts, lanIf: config.lanIf, lanNet: `${formatIpv4(lan.network)}/${lan.prefix}` }
+  return { dnatPorts: config.dnatPorts, lanIf: config.lanIf, lanNet: `${formatIpv4(lan.network)}/${lan.prefix}`, nat64: config.nat64 ? TUN : undefined }
 }
 
 export function natMaps(data: Data): Record<'dev_snat4' | 'dev_dnat4' | 'fwd4', Map<string, string>> {

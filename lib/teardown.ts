@@ -1,5 +1,5 @@
 // What dualgate leaves running in the network namespace it runs in, found and removed for uninstall: the
-// runner, the per-device DHCP clients (by their PID files, each checked to really be that client), the device
+// runner, the per-device DHCP clients (by their PID files, each checked to really be that client), tayga, the device
 // macvlans, policy rules and routing tables, the nftables table, and the system files gateway-diagnose --fix
 // may have written (put back from their backups). Each step finds nothing the second time.
 import { readFileSync } from 'node:fs'
@@ -13,6 +13,7 @@ import type { Sh } from './exec.ts'
 import { stopClients } from './net/dhcp.ts'
 import { deleteLink, listLinks } from './net/ip.ts'
 import { TABLE, deleteTable } from './net/nft.ts'
+import { stopTayga, TUN } from './net/tayga.ts'
 import { listRules, PREF_DEVICE, PREF_LAN, removeDeviceRoutes } from './net/route.ts'
 import { systemPath } from './platform.ts'
 import { runnerPid } from './runner-state.ts'
@@ -50,6 +51,8 @@ async function stopRunner(sh: Sh, dataDir: string): Promise<number | undefined> 
 export async function teardownNetwork(sh: Sh, config: Config): Promise<TeardownReport> {
   const report: TeardownReport = { clients: [], macvlans: [], tables: [], nft: false, files: [] }
   report.runner = await stopRunner(sh, config.dataDir)
+  // The runner stops tayga; one it left behind (killed) goes here. Its pool rule goes with the PREF_LAN ones.
+  if (await stopTayga(sh, config.runDir)) report.clients.push(TUN)
 
   const pidFiles = await readdir(config.runDir).catch(() => [] as string[])
   const ifnames = new Set(pidFiles.map((n) => /^(dg[0-9a-f]{12})\.(udhcpc|dhclient6|odhcp6c)\.pid$/.exec(n)?.[1]).filter((x): x is string => !!x))

@@ -12,11 +12,37 @@ export interface TableOptions {
   lanIf: string
   /** The LAN as a network prefix, e.g. 192.168.1.0/24, for hairpin NAT. */
   lanNet: string
+  /** tayga's TUN device when NAT64 is on (lib/net/tayga.ts). */
+  nat64?: string
 }
 
 /** The table's comment names the version of its rules and the settings baked into them. */
 function stamp(o: TableOptions): string {
-  return `dualgate v${VERSION} dnat=${o.dnatPorts} lan=${o.lanIf},${o.lanNet}`
+  return `dualgate v${VERSION} dnat=${o.dnatPorts} lan=${o.lanIf},${o.lanNet}${o.nat64 ? ` nat64=${o.nat64}` : ''}`
+}
+
+/**
+ * NAT64: what leaves tayga toward the LAN is masqueraded, so a device answers the router as it does for the
+ * relay. tayga's IPv4 side reaches the LAN and nothing else: neither the WAN (fw4 would masquerade it, an
+ * open NAT64 for the upstream) nor the router itself (its LAN services); IPv4 into tayga comes from the LAN.
+ */
+function nat64Rules(o: TableOptions): { postrouting: string[]; chains: string } {
+  if (!o.nat64) return { postrouting: [], chains: '' }
+  const tun = o.nat64
+  return {
+    postrouting: [`iifname "${tun}" oifname "${o.lanIf}" masquerade`],
+    chains: `
+  chain forward {
+    type filter hook forward priority filter; policy accept;
+    iifname "${tun}" meta nfproto ipv4 oifname != "${o.lanIf}" drop
+    oifname "${tun}" meta nfproto ipv4 iifname != "${o.lanIf}" drop
+  }
+  chain input {
+    type filter hook input priority filter; policy accept;
+    iifname "${tun}" ct state established,related accept
+    iifname "${tun}" drop
+  }`,
+  }
 }
 
 /**
@@ -26,6 +52,7 @@ function stamp(o: TableOptions): string {
  */
 export function tableDefinition(o: TableOptions): string {
   const ports = o.dnatPorts === 'all' ? '' : `meta l4proto { tcp, udp } th dport { ${o.dnatPorts} } `
+  const nat64 = nat64Rules(o)
   return `table inet ${TABLE} {
   comment "${stamp(o)}"
   map dev_snat4 { type ipv4_addr : ipv4_addr; }
@@ -39,8 +66,8 @@ export function tableDefinition(o: TableOptions): string {
   chain postrouting {
     type nat hook postrouting priority srcnat; policy accept;
     oifname "dg*" snat ip to ip saddr map @dev_snat4
-    oifname "${o.lanIf}" ct status dnat ip saddr ${o.lanNet} ip daddr ${o.lanNet} masquerade
-  }
+    oifname "${o.lanIf}" ct status dnat ip saddr ${o.lanNet} ip daddr ${o.lanNet} masquerade${nat64.postrouting.map((r) => `\n    ${r}`).join('')}
+  }${nat64.chains}
 }
 `
 }

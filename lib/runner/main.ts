@@ -15,6 +15,7 @@ import { openStore } from '../store.ts'
 import { createCoalescer, toPayload, type HookEvent } from './events.ts'
 import { discoverJobs, jobsDir } from './jobs.ts'
 import { exposureRoutes, startExposure } from './exposure.ts'
+import { nat64Routes, startNat64 } from './nat64.ts'
 import { createQueue, type Batch, type Item } from './queue.ts'
 import { recordRun } from './record.ts'
 import { jobsFor } from './routes.ts'
@@ -193,7 +194,8 @@ async function main(): Promise<void> {
   }
 
   const exposure = startExposure({ store, config: () => config, sh: createSh({ dryRun: false }), log: () => log })
-  const app = createApi({ store, config: () => config, runner, version: packageVersion(), log, routes: exposureRoutes(exposure) })
+  const nat64 = startNat64({ store, config: () => config, sh: createSh({ dryRun: false }), log: () => log })
+  const app = createApi({ store, config: () => config, runner, version: packageVersion(), log, routes: [...exposureRoutes(exposure), ...nat64Routes(nat64)] })
   const server = serve(app, { hostname: config.apiHost, port: config.apiPort, manual: true, silent: true, gracefulShutdown: false })
   let schedule: Schedule | undefined
   const startSchedule = () => scheduleJobs(config.schedules, (j) => !!jobFile(j), (job) => request(job, { items: [], triggers: ['cron'] }), (m) => log.info(m))
@@ -205,7 +207,7 @@ async function main(): Promise<void> {
     log.info(`${signal}: stopping`)
     schedule?.stop()
     watcher?.close()
-    const closed = Promise.all([server.close(true).catch(() => {}), exposure.close()])
+    const closed = Promise.all([server.close(true).catch(() => {}), exposure.close(), nat64.close()])
     const left = coalescer.takeAll()
     for (const [job, batch] of queue.close()) left.set(job, [...(left.get(job) ?? []), ...batch.items])
     await Promise.all([...left].map(([job, items]) => keep(job, items)))
@@ -248,6 +250,7 @@ async function main(): Promise<void> {
     await server.serve()
   } catch (err) {
     log.error(`cannot serve the API on ${config.apiHost}:${config.apiPort}: ${(err as Error).message}`)
+    await Promise.all([exposure.close(), nat64.close()])
     removePid()
     process.exit(1)
   }
