@@ -25,7 +25,7 @@ export interface FixOutcome {
 /** In running order: later checks read what earlier ones may repair (the store first). */
 export const CHECK_IDS = [
   'clock', 'node', 'tools', 'disk', 'store', 'lan-link', 'wan-link', 'lan-address', 'upstream', 'forwarding', 'wan-sysctls',
-  'dnsmasq', 'dnsmasq-hook', 'nft', 'macvlans', 'dhcp-clients', 'runner', 'api', 'relay',
+  'dnsmasq', 'dnsmasq-hook', 'nft', 'macvlans', 'dhcp-clients', 'runner', 'api', 'relay', 'nat64',
 ] as const
 export type CheckId = (typeof CHECK_IDS)[number]
 
@@ -163,4 +163,13 @@ export function formatReport(checks: Check[], fixes: FixOutcome[]): string {
   const counts = (s: CheckStatus) => checks.filter((c) => c.status === s).length
   lines.push('', `${counts('pass')} ok, ${counts('warn')} warnings, ${counts('fail')} failing${counts('fail') > 0 && fixes.length === 0 ? ' (run with --fix CHECK or --fix-all)' : ''}`)
   return lines.join('\n')
+}
+
+/** NAT64: off (and whether it could be turned on), or on and translating. */
+export function checkNat64(s: { enabled: boolean; available: boolean; version?: string; prefix?: string; pool: string; problems: string[] }, pid: number | undefined, runnerUp: boolean): Check {
+  const tayga = s.version ? `tayga ${s.version}` : 'tayga'
+  if (!s.enabled) return pass('nat64', s.available ? `off (${tayga} available: set nat64 1 to map devices under ${s.prefix})` : `off (not available: ${s.problems.join('; ')})`)
+  if (!s.available) return fail('nat64', `enabled but not available: ${s.problems.join('; ')}`)
+  if (pid) return pass('nat64', `${tayga} running (pid ${pid}): devices at ${s.prefix} <-> pool ${s.pool}`)
+  return runnerUp ? fail('nat64', `enabled, but tayga is not running`, 'restart the runner, which supervises tayga') : warn('nat64', 'enabled; tayga starts with the runner, which is down')
 }

@@ -6,7 +6,7 @@ import { access, constants, readdir, readFile, rename, statfs } from 'node:fs/pr
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import {
-  checkClock, checkDisk, checkForwarding, checkNode, checkWanSysctls, fail, macvlanDiff, MACVLAN_NAME, mapDifferences, pass, relayDiff, warn,
+  checkClock, checkDisk, checkForwarding, checkNat64, checkNode, checkWanSysctls, fail, macvlanDiff, MACVLAN_NAME, mapDifferences, pass, relayDiff, warn,
   type Check, type CheckId, type DeviceView,
 } from './checks.ts'
 import { dhcpScripts, dnsmasqDropIn, findDnsmasq } from './dnsmasq.ts'
@@ -17,6 +17,7 @@ import { clientPid, dhcp6Kind, stopClients } from './net/dhcp.ts'
 import { deleteLink, getLink, listLinks, sysctl, type LinkInfo } from './net/ip.ts'
 import { readMap, TABLE, tableDefinition } from './net/nft.ts'
 import { listRules, PREF_DEVICE, removeDeviceRoutes } from './net/route.ts'
+import { nat64Status, taygaPid } from './net/tayga.ts'
 import { probeUpstream } from './net/upstream.ts'
 import { HOOKS_DIR } from './paths.ts'
 import { dnsmasqServiceCommand, runnerServiceCommand, systemPath, type Platform } from './platform.ts'
@@ -322,6 +323,10 @@ const upstream: CheckFn = async (env) => {
     offer.ra ? `RA from ${offer.gateway6} (${[offer.dhcpv6 && 'DHCPv6', offer.slaac && 'SLAAC'].filter(Boolean).join(', ') || 'no addresses'}${offer.prefixes.length ? `, ${offer.prefixes.join(' ')}` : ''})` : 'no RA',
   ]
   if (!offer.dhcpv4 && !offer.ra) return { check: fail('upstream', `the upstream offers nothing: ${parts.join('; ')}`) }
+  if (!offer.dhcpv4) {
+    // Said plainly, because it is what a person on an IPv6-only upstream needs to know.
+    return { check: warn('upstream', `${parts.join('; ')}: IPv6-only upstream. Devices get their own IPv6 identity and are reachable through the relay and NAT64, but their own outbound IPv4 needs per-device 464XLAT (CLAT), which this version does not provide`) }
+  }
   const recorded = (await env.store()).data?.upstream.prefixes ?? []
   if (offer.ra && recorded.length > 0 && offer.prefixes.join() !== recorded.join()) {
     return {
@@ -572,6 +577,10 @@ export const CHECKS: Record<CheckId, CheckFn> = {
   nft, macvlans,
   'dhcp-clients': dhcpClients,
   runner, api, relay,
+  nat64: async (env) => {
+    const { config } = env.ctx
+    return { check: checkNat64(nat64Status(config), taygaPid(config.runDir), runnerPid(config.dataDir) !== undefined) }
+  },
 }
 
 /** One check, never throwing: an error while checking is itself a failing result. */

@@ -105,3 +105,18 @@ describe('report', () => {
     expect(fixed).toMatch(/FIXED\s+RESULT\s+ACTION\nlan-link\s+applied\s+ip link set dev eth1 up/)
   })
 })
+
+describe('checkNat64', async () => {
+  const { checkNat64 } = await import('../../lib/checks.ts')
+  const base = { enabled: false, available: true, version: '0.9.2', prefix: 'fd00:1:2:64::/96', pool: '192.168.255.0/24', problems: [] as string[] }
+  it('passes when off, saying whether it could be turned on', () => {
+    expect(checkNat64(base, undefined, true)).toMatchObject({ status: 'pass', reason: expect.stringMatching(/off \(tayga 0.9.2 available/) })
+    expect(checkNat64({ ...base, available: false, problems: ['tayga not installed'] }, undefined, true)).toMatchObject({ status: 'pass', reason: expect.stringMatching(/not available: tayga not installed/) })
+  })
+  it('fails when enabled but unavailable or not running under a live runner', () => {
+    expect(checkNat64({ ...base, enabled: true, available: false, problems: ['no /dev/net/tun'] }, undefined, true).status).toBe('fail')
+    expect(checkNat64({ ...base, enabled: true }, undefined, true)).toMatchObject({ status: 'fail', fix: expect.stringMatching(/restart the runner/) })
+    expect(checkNat64({ ...base, enabled: true }, undefined, false).status).toBe('warn')
+    expect(checkNat64({ ...base, enabled: true }, 4242, true)).toMatchObject({ status: 'pass', reason: expect.stringMatching(/pid 4242/) })
+  })
+})
