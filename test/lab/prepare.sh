@@ -14,7 +14,8 @@ cd "$(dirname "$0")/../.."
 if [ ! -d node_modules ] || [ ! -f node_modules/.package-lock.json ] ||
   [ -n "$(find package-lock.json -newer node_modules/.package-lock.json 2>/dev/null)" ]; then
   echo "prepare: installing node modules (npm ci)" >&2
-  npm ci --no-audit --no-fund
+  # .npmrc loads tsx into every node npm starts; tsx is what is being installed, so not for this one.
+  NODE_OPTIONS= npm ci --node-options= --no-audit --no-fund
 fi
 
 # command:package pairs
