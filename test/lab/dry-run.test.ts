@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto'
 import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { gatewayEnv, runJob } from './gateway.ts'
+import { gatewayEnv, runJob, until } from './gateway.ts'
 import { createLab, isRoot, type Lab } from './lab.ts'
 
 async function snapshot(lab: Lab): Promise<string> {
@@ -31,6 +31,8 @@ describe.skipIf(!isRoot())('--dry-run (lab)', () => {
     lab = await createLab({ mode: 'dual', devices: 2 })
     // Devices known to the store, but no identity yet: every data-plane job has work to plan.
     expect((await runJob(lab, 'scan-arp')).code).toBe(0)
+    // The kernel is still finishing duplicate address detection on fresh links: let it settle first.
+    await until('IPv6 DAD done on the router', 10_000, async () => ((await lab.exec(lab.router.ns, 'ip', ['-6', 'addr', 'show', 'tentative'])).stdout.trim() === '' ? true : undefined))
   })
   afterAll(async () => { await lab?.teardown() })
 
