@@ -86,15 +86,26 @@ async function dhcp4(env: IdentityEnv, ifname: string, hostname: string | undefi
   return 'no DHCPv4 offer: MAC not registered upstream?'
 }
 
-async function dhcp6(env: IdentityEnv, ifname: string): Promise<Lease6 | string> {
+/** How long DHCPv6 may still take once DHCPv4 has made the device reachable. */
+const DHCP6_GRACE_MS = 3000
+
+/**
+ * `wait.until` is the deadline, read at every poll: once DHCPv4 succeeds it is brought forward, so a slow
+ * DHCPv6 server does not hold up a device that already has its identity. The client keeps soliciting either
+ * way; a late reply is picked up by refreshIdentity (the client's event runs acquire-leases).
+ */
+async function dhcp6(env: IdentityEnv, ifname: string, wait: { until: number }): Promise<Lease6 | string> {
   const { config } = env
   const pid = await startDhcp6(env.sh, { ifname, runDir: config.runDir, retries: config.dhcpRetries, timeout: config.dhcpTimeout, env: clientEnv(config) })
   if (pid === undefined) return 'dry run'
-  const deadline = Date.now() + ((config.dhcpRetries + 1) * config.dhcpTimeout + 5) * 1000
-  const lease = await waitFor(deadline, async () => readLease6(config.runDir, ifname))
+  let lease: Lease6 | string | undefined
+  while (Date.now() < wait.until) {
+    lease = await readLease6(config.runDir, ifname)
+    if (lease !== undefined) break
+    await sleep(POLL_MS)
+  }
   if (typeof lease === 'object') return lease
   if (lease !== undefined) return `unusable DHCPv6 lease record: ${lease}`
-  // The client keeps soliciting: a late reply is picked up by refreshIdentity (the client's event runs us).
   return 'no DHCPv6 reply yet: MAC not registered upstream?'
 }
 
@@ -107,17 +118,23 @@ async function slaacAddresses(sh: Sh, ifname: string, prefixes: string[]): Promi
 /** Starts the device's clients on its macvlan and waits for what the upstream offers. */
 export async function acquireIdentity(env: IdentityEnv, device: Device, offer: Offer, table: number): Promise<Identity> {
   const ifname = await ensureMacvlan(env, device.mac)
+  const wait6 = { until: Date.now() + ((env.config.dhcpRetries + 1) * env.config.dhcpTimeout + 5) * 1000 }
   const [v4, v6dhcp] = await Promise.all([
-    offer.dhcpv4 ? dhcp4(env, ifname, device.hostname) : undefined,
-    offer.dhcpv6 ? dhcp6(env, ifname) : undefined,
+    offer.dhcpv4
+      ? dhcp4(env, ifname, device.hostname).then((r) => {
+        if (typeof r === 'object') wait6.until = Math.min(wait6.until, Date.now() + DHCP6_GRACE_MS)
+        return r
+      })
+      : undefined,
+    offer.dhcpv6 ? dhcp6(env, ifname, wait6) : undefined,
   ])
-  // By now the RA has long been answered; the wait only matters where SLAAC is all there is.
-  const slaac = offer.slaac && !env.sh.dryRun
-    ? await waitFor(Date.now() + 10_000, async () => {
-      const found = await slaacAddresses(env.sh, ifname, offer.prefixes)
-      return found.length > 0 ? found : undefined
-    }, 500)
-    : undefined
+  // Routers answer solicitations with RAs at most every few seconds, so SLAAC can lag. Where DHCPv4 already
+  // made the device reachable, take what is there now; refreshIdentity adds a later address.
+  const slaacNow = async () => {
+    const found = await slaacAddresses(env.sh, ifname, offer.prefixes)
+    return found.length > 0 ? found : undefined
+  }
+  const slaac = !offer.slaac || env.sh.dryRun ? undefined : typeof v4 === 'object' ? await slaacNow() : await waitFor(Date.now() + 10_000, slaacNow, 500)
   const failures: string[] = []
   if (typeof v4 === 'string' && v4 !== 'dry run') failures.push(v4)
   if (typeof v6dhcp === 'string' && v6dhcp !== 'dry run') failures.push(v6dhcp)

@@ -30,11 +30,14 @@ describe.skipIf(!isRoot())('reaching the devices (lab, dual-stack)', () => {
     lab = await createLab({ mode: 'dual', devices: 2 })
     expect((await runJob(lab, 'scan-arp', [], env)).code).toBe(0)
     expect((await runJob(lab, 'acquire-leases', [], env)).code).toBe(0)
-    table = await devices()
     runner = startRunner(lab, env)
-    // Two devices x (each WAN IPv6) x (TCP 80, 23 and UDP 7).
-    const want = Object.values(table).reduce((n, d) => n + d.wanIpv6.length * 3, 0)
-    await until('relay listeners', 20_000, async () => ((await relay()).rules.length === want ? true : undefined))
+    // Two devices x (each WAN IPv6) x (TCP 80, 23 and UDP 7), against the table as it is when the relay has
+    // caught up (a SLAAC address may join after the first acquisition).
+    table = await until('relay listeners for every device address', 20_000, async () => {
+      const now = Object.fromEntries((await api<Device[]>(lab, 'GET', '/devices')).body.map((d) => [d.mac, d]))
+      const want = Object.values(now).reduce((n, d) => n + d.wanIpv6.length * 3, 0)
+      return want > 0 && (await relay()).rules.length === want ? now : undefined
+    })
   })
   afterAll(async () => {
     await runner?.stop()
