@@ -117,7 +117,9 @@ export async function startDhcp6(sh: Sh, o: ClientOptions): Promise<number | und
   await rm(leaseFile(o.runDir, o.ifname, 6), { force: true })
   const logFile = path.join(o.runDir, `${o.ifname}.log`)
   if (dhcp6Kind() === 'odhcp6c') {
-    return sh.daemon('odhcp6c', ['-s', path.join(HOOKS_DIR, 'odhcp6c.script'), '-p', pidFile(o.runDir, o.ifname, 'odhcp6c'), '-N', 'try', '-P', '0', '-t', String(o.timeout), o.ifname], { env: o.env, logFile })
+    // No -P: a device wants an address (IA_NA), not a delegated prefix. odhcp6c writes its pidfile only when
+    // it daemonizes (-d), and releases on SIGTERM.
+    return sh.daemon('odhcp6c', ['-d', '-s', path.join(HOOKS_DIR, 'odhcp6c.script'), '-p', pidFile(o.runDir, o.ifname, 'odhcp6c'), '-N', 'try', '-t', String(o.timeout), o.ifname], { env: o.env, logFile })
   }
   // -d keeps dhclient in the foreground of its detached process, so the PID we get is the client's. dhclient
   // gives its script a fresh environment: -e passes the run directory on.
