@@ -30,6 +30,9 @@ const spec = {
   lanAddr: [cidr4, '192.168.1.1/24'],
   dataDir: [z.string().min(1), './data'],
   runDir: [z.string().min(1), '/var/run/dualgate'],
+  /** Where the runner keeps a copy of the store when dataDir is on tmpfs; empty: dataDir is persistent. */
+  persistDir: [z.string(), ''],
+  persistInterval: [int(10, 86_400), 600],
   apiHost: [z.string().regex(/^[0-9A-Fa-f:.]+$|^localhost$/, 'expected an IP address'), '127.0.0.1'],
   apiPort: [int(1, 65535), 5050],
   apiToken: [z.string(), ''],
@@ -137,6 +140,7 @@ export function loadConfig(opts: LoadOptions = {}): Loaded {
   config.schedules = schedules
   config.dataDir = path.resolve(opts.cwd ?? process.cwd(), config.dataDir as string)
   config.runDir = path.resolve(opts.cwd ?? process.cwd(), config.runDir as string)
+  if (config.persistDir) config.persistDir = path.resolve(opts.cwd ?? process.cwd(), config.persistDir as string)
   config.rootDir = path.resolve(opts.cwd ?? process.cwd(), config.rootDir as string)
   return { config: config as Config, sources }
 }

@@ -10,6 +10,7 @@ import { createApi, packageVersion, type RunnerControl } from '../api.ts'
 import { ConfigError, loadConfig, type Config } from '../config.ts'
 import { createSh } from '../exec.ts'
 import { createLogger, type Logger } from '../log.ts'
+import { restorePersisted, startPersist } from '../persist.ts'
 import { runnerPid, runnerPidFile } from '../runner-state.ts'
 import { openStore } from '../store.ts'
 import { createCoalescer, toPayload, type HookEvent } from './events.ts'
@@ -69,6 +70,14 @@ async function main(): Promise<void> {
     } catch { /* already gone */ }
   }
 
+  if (config.persistDir) {
+    try {
+      if (await restorePersisted(dataDir, config.persistDir)) log.info(`store restored from ${config.persistDir}`)
+    } catch (err) {
+      log.error(`the persisted store in ${config.persistDir} is not valid (${(err as Error).message}); starting without it`)
+    }
+  }
+  const persist = config.persistDir ? startPersist({ dataDir, persistDir: config.persistDir, intervalSec: config.persistInterval, onError: (m) => log.error(m) }) : undefined
   const store = openStore({ dataDir, backupCount: config.backupCount, backupInterval: config.backupInterval, onError: (m) => log.error(m) })
   const spool = spoolDir(dataDir)
   mkdirSync(spool, { recursive: true })
@@ -214,6 +223,8 @@ async function main(): Promise<void> {
     for (const child of running.values()) child.stop('stopped: the runner is shutting down', Math.min(SHUTDOWN_GRACE_MS, config.jobTimeout * 1000))
     const bound = new Promise((resolve) => setTimeout(resolve, SHUTDOWN_GRACE_MS + 2000).unref())
     await Promise.race([Promise.all([queue.idle(), closed]), bound])
+    persist?.stop()
+    await persist?.flush().catch((err) => log.error(`persisting the store: ${(err as Error).message}`))
     removePid()
     log.info('stopped')
     process.exit(0)

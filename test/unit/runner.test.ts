@@ -394,6 +394,23 @@ describe('runner process', () => {
     expect(storeData(r.dataDir).jobs.hang.last?.error).toMatch(/shutting down/)
   })
 
+  it('persists the store to persistDir when it stops, and restores it from there after a reboot (tmpfs)', async () => {
+    const live = tempDir()
+    const flash = tempDir()
+    const r = await startRunner(live, { DUALGATE_PERSIST_DIR: flash })
+    expect((await post(r, '/jobs/count/run', undefined, TOKEN)).status).toBe(202)
+    await waitFor(() => (storeData(r.dataDir).jobs.count?.runs ?? 0) >= 1, 20_000, () => r.output())
+    r.proc.kill('SIGTERM')
+    expect((await r.exited).code).toBe(0)
+    expect(readFileSync(path.join(flash, 'dualgate.json'), 'utf8')).toBe(readFileSync(path.join(live, 'dualgate.json'), 'utf8'))
+    rmSync(live, { recursive: true })
+    const again = await startRunner(live, { DUALGATE_PERSIST_DIR: flash })
+    expect(storeData(again.dataDir).jobs.count?.runs).toBe(1)
+    expect(again.output()).toMatch(/store restored from/)
+    again.proc.kill('SIGTERM')
+    expect((await again.exited).code).toBe(0)
+  })
+
   it('runs cron schedules without ever overlapping a job with itself', async () => {
     // Every second, for a job that takes longer than that (a child process with a TypeScript loader).
     const r = await startRunner(tempDir(), { DUALGATE_SCHEDULE_SCAN_ARP: '* * * * * *' })
