@@ -467,7 +467,7 @@ const macvlans: CheckFn = async (env) => {
       if (orphans.length > 0) {
         const data = (await readStoreView(config.dataDir)).data ?? view.data!
         const held = new Set(Object.values(data.devices).map((d) => d.routeTable).filter((t) => t !== undefined).map(String))
-        for (const ifname of orphans) await stopClients(sh, config.runDir, ifname)
+        for (const ifname of orphans) await stopClients(sh, config.runDir, ifname, config.dataDir)
         // Routing tables of device rules that no device holds: what the orphans left behind.
         const tables = new Set<number>()
         for (const family of [4, 6] as const) {

@@ -215,7 +215,7 @@ export async function refreshIdentity(env: IdentityEnv, device: Device, offer: O
 /** Releases the leases and removes everything of the device: clients, routes and rules, the macvlan. */
 export async function releaseIdentity(env: IdentityEnv, device: Device): Promise<void> {
   const ifname = device.ifname ?? macvlanName(device.mac)
-  await stopClients(env.sh, env.config.runDir, ifname)
+  await stopClients(env.sh, env.config.runDir, ifname, env.config.dataDir)
   if (device.routeTable !== undefined) await removeDeviceRoutes(env.sh, device.routeTable)
   await deleteLink(env.sh, ifname)
 }

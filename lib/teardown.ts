@@ -57,7 +57,7 @@ export async function teardownNetwork(sh: Sh, config: Config): Promise<TeardownR
   const pidFiles = await readdir(config.runDir).catch(() => [] as string[])
   const ifnames = new Set(pidFiles.map((n) => /^(dg[0-9a-f]{12})\.(udhcpc|dhclient6|odhcp6c)\.pid$/.exec(n)?.[1]).filter((x): x is string => !!x))
   for (const ifname of ifnames) {
-    await stopClients(sh, config.runDir, ifname)
+    await stopClients(sh, config.runDir, ifname, config.dataDir)
     report.clients.push(ifname)
   }
 

@@ -127,11 +127,14 @@ export async function startDhcp6(sh: Sh, o: ClientOptions): Promise<number | und
     '-sf', path.join(HOOKS_DIR, 'dhclient6.script'), o.ifname], { env: o.env, logFile })
 }
 
-/** Stops a device's clients; udhcpc (-R) and odhcp6c release their leases on SIGTERM, dhclient is asked to. */
-export async function stopClients(sh: Sh, runDir: string, ifname: string): Promise<void> {
+/**
+ * Stops a device's clients; udhcpc (-R) and odhcp6c release their leases on SIGTERM, dhclient is asked to.
+ * `dataDir` goes to dhclient's script like at start, so the release event reaches this gateway's spool.
+ */
+export async function stopClients(sh: Sh, runDir: string, ifname: string, dataDir: string): Promise<void> {
   const dhclient = clientPid(runDir, ifname, 'dhclient6')
   if (dhclient) {
-    await sh.apply('dhclient', ['-6', '-r', '-D', 'LL', '-e', `DUALGATE_RUN_DIR=${runDir}`, '-lf', path.join(runDir, `${ifname}.dhclient6.leases`), '-pf', pidFile(runDir, ifname, 'dhclient6'),
+    await sh.apply('dhclient', ['-6', '-r', '-D', 'LL', '-e', `DUALGATE_RUN_DIR=${runDir}`, '-e', `DUALGATE_DATA_DIR=${dataDir}`, '-lf', path.join(runDir, `${ifname}.dhclient6.leases`), '-pf', pidFile(runDir, ifname, 'dhclient6'),
       '-sf', path.join(HOOKS_DIR, 'dhclient6.script'), ifname], { nothrow: true, timeoutMs: 5000 })
   }
   for (const kind of ['udhcpc', 'odhcp6c', 'dhclient6'] as const) {

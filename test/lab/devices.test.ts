@@ -1,7 +1,7 @@
 // The device lifecycle against a real network: registered devices get their own identity upstream, an
 // unregistered one fails with a reason and recovers once registered, hostile input changes nothing, and a
 // pruned device leaves no trace.
-import { writeFileSync } from 'node:fs'
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { AcquireResult } from '../../jobs/acquire-leases.ts'
@@ -9,7 +9,7 @@ import type { PruneResult } from '../../jobs/prune-stale.ts'
 import type { ScanResult } from '../../jobs/scan-arp.ts'
 import { macvlanName } from '../../lib/mac.ts'
 import type { Device } from '../../lib/schema.ts'
-import { runJob } from './gateway.ts'
+import { gatewayEnv, runJob } from './gateway.ts'
 import { createLab, isRoot, type Lab } from './lab.ts'
 
 async function routerWan(lab: Lab): Promise<string> {
@@ -151,6 +151,10 @@ describe.skipIf(!isRoot())('device lifecycle, dual-stack upstream (lab)', () => 
     expect(nft).not.toContain(`${dev.lanIpv4} :`)
     const ps = (await lab.exec(ns, 'ps', ['-eo', 'args'])).stdout
     expect(ps).not.toContain(ifname)
+    // The clients' release events reached this gateway's own spool (the DHCPv6 release included).
+    const spool = path.join(gatewayEnv(lab).DUALGATE_DATA_DIR, 'spool')
+    const events = readdirSync(spool).map((f) => readFileSync(path.join(spool, f), 'utf8')).filter((e) => e.includes(ifname))
+    expect(events.some((e) => e.includes('"RELEASE6"'))).toBe(true)
     // The other devices are untouched.
     expect(nft).toContain((await devices(lab))[lab.devices[1].mac].wanIpv4!)
   })
