@@ -5,6 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { Config } from './config.ts'
 import type { Sh } from './exec.ts'
 import { formatIpv4, parseCidr4 } from './ipv4.ts'
+import { inPrefix6 } from './ipv6.ts'
 import type { Logger } from './log.ts'
 import { macvlanName } from './mac.ts'
 import { clientPid, readLease4, readLease6, startDhcp4, startDhcp6, stopClients, dhcp6Kind, type Lease4, type Lease6 } from './net/dhcp.ts'
@@ -111,8 +112,7 @@ async function dhcp6(env: IdentityEnv, ifname: string, wait: { until: number }):
 
 async function slaacAddresses(sh: Sh, ifname: string, prefixes: string[]): Promise<string[]> {
   const link = await getLink(sh, ifname)
-  const inPrefix = (a: string) => prefixes.some((p) => a.startsWith(p.split('::/')[0]))
-  return (link?.addresses ?? []).filter((a) => a.family === 6 && a.scope === 'global' && a.prefixlen === 64 && inPrefix(a.address)).map((a) => a.address)
+  return (link?.addresses ?? []).filter((a) => a.family === 6 && a.scope === 'global' && a.prefixlen === 64 && prefixes.some((p) => inPrefix6(a.address, p))).map((a) => a.address)
 }
 
 /** Starts the device's clients on its macvlan and waits for what the upstream offers. */

@@ -65,3 +65,18 @@ export function canonicalPrefix6(text: string): string {
   if (!bytes) throw new Error(`not an IPv6 prefix: ${text}`)
   return `${formatIpv6(bytes)}/${length}`
 }
+
+/** Whether `address` lies inside `prefix` (`2001:db8:1::/64`); false for anything that does not parse. */
+export function inPrefix6(address: string, prefix: string): boolean {
+  const [net, len] = prefix.split('/')
+  const a = parseIpv6(address)
+  const p = parseIpv6(net)
+  const bits = Number(len)
+  if (!a || !p || !Number.isInteger(bits) || bits < 0 || bits > 128) return false
+  for (let i = 0; i < 16; i++) {
+    const take = Math.max(0, Math.min(8, bits - i * 8))
+    const mask = take === 0 ? 0 : (0xff << (8 - take)) & 0xff
+    if ((a[i] & mask) !== (p[i] & mask)) return false
+  }
+  return true
+}

@@ -179,3 +179,16 @@ describe('the nft table with NAT64', () => {
     expect(text).toMatch(/chain input \{[^}]*iifname "dgnat64" ct state established,related accept\n\s*iifname "dgnat64" drop/)
   })
 })
+
+describe('inPrefix6', async () => {
+  const { inPrefix6 } = await import('../../lib/ipv6.ts')
+  it('compares bits, not text', () => {
+    expect(inPrefix6('2001:db8:1:0:9893:c3ff:fe37:d240', '2001:db8:1::/64')).toBe(true)
+    expect(inPrefix6('2001:db8:10::1', '2001:db8:1::/64')).toBe(false)
+    expect(inPrefix6('2001:db8:1:1::1', '2001:db8:1::/64')).toBe(false)
+    expect(inPrefix6('2001:db8:1:1::1', '2001:db8:1::/48')).toBe(true)
+    expect(inPrefix6('2001:db8::7', '2001:db8::/127')).toBe(false)
+    expect(inPrefix6('2001:db8::1', '2001:db8::/127')).toBe(true)
+    expect(inPrefix6('not an address', '2001:db8::/32')).toBe(false)
+  })
+})
