@@ -10,6 +10,7 @@ import { acquireIdentity, refreshIdentity, releaseIdentity, wanSysctls, type Ide
 import { defineJob, runMain, type Payload } from '../lib/job.ts'
 import { requireInterfaces } from '../lib/lan.ts'
 import { addDeviceNat, syncNat } from '../lib/nat.ts'
+import { listLinks } from '../lib/net/ip.ts'
 import { ensureLanRule } from '../lib/net/route.ts'
 import { probeUpstream, type Offer } from '../lib/net/upstream.ts'
 import type { Data, Device } from '../lib/schema.ts'
@@ -75,7 +76,9 @@ const job = defineJob({
     const lost: Record<string, string> = {}
     const refreshed: Record<string, Awaited<ReturnType<typeof refreshIdentity>>> = {}
     const limit = pLimit(config.maxParallel)
-    await Promise.all(refresh.map((d) => limit(async () => { refreshed[d.mac] = await refreshIdentity(env, d, offer) })))
+    // One look at every link, not one per device: this runs every few minutes for hundreds of devices.
+    const links = new Map((await listLinks(sh)).map((l) => [l.ifname, l]))
+    await Promise.all(refresh.map((d) => limit(async () => { refreshed[d.mac] = await refreshIdentity(env, d, offer, links) })))
     for (const [mac, r] of Object.entries(refreshed)) if (typeof r === 'string') lost[mac] = r
     result.refreshed = refresh.length - Object.keys(lost).length
 

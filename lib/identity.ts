@@ -9,7 +9,7 @@ import { inPrefix6 } from './ipv6.ts'
 import type { Logger } from './log.ts'
 import { macvlanName } from './mac.ts'
 import { clientPid, readLease4, readLease6, startDhcp4, startDhcp6, stopClients, dhcp6Kind, type Lease4, type Lease6 } from './net/dhcp.ts'
-import { addMacvlan, deleteLink, getLink, setLinkUp } from './net/ip.ts'
+import { addMacvlan, deleteLink, getLink, setLinkUp, type LinkInfo } from './net/ip.ts'
 import { applyDeviceRoutes, removeDeviceRoutes } from './net/route.ts'
 import type { Offer } from './net/upstream.ts'
 import type { Device } from './schema.ts'
@@ -110,8 +110,8 @@ async function dhcp6(env: IdentityEnv, ifname: string, wait: { until: number }):
   return 'no DHCPv6 reply yet: MAC not registered upstream?'
 }
 
-async function slaacAddresses(sh: Sh, ifname: string, prefixes: string[]): Promise<string[]> {
-  const link = await getLink(sh, ifname)
+/** The link's SLAAC addresses inside the advertised prefixes. */
+function slaacOf(link: LinkInfo | undefined, prefixes: string[]): string[] {
   return (link?.addresses ?? []).filter((a) => a.family === 6 && a.scope === 'global' && a.prefixlen === 64 && prefixes.some((p) => inPrefix6(a.address, p))).map((a) => a.address)
 }
 
@@ -131,7 +131,7 @@ export async function acquireIdentity(env: IdentityEnv, device: Device, offer: O
   // Routers answer solicitations with RAs at most every few seconds, so SLAAC can lag. Where DHCPv4 already
   // made the device reachable, take what is there now; refreshIdentity adds a later address.
   const slaacNow = async () => {
-    const found = await slaacAddresses(env.sh, ifname, offer.prefixes)
+    const found = slaacOf(await getLink(env.sh, ifname), offer.prefixes)
     return found.length > 0 ? found : undefined
   }
   const slaac = !offer.slaac || env.sh.dryRun ? undefined : typeof v4 === 'object' ? await slaacNow() : await waitFor(Date.now() + 10_000, slaacNow, 500)
@@ -177,11 +177,12 @@ async function configureIdentity(env: IdentityEnv, device: Device, ifname: strin
  * An active device as it is now: clients alive, lease records current. Returns the identity to store, or a
  * reason to acquire again (client died, lease lost, macvlan gone).
  */
-export async function refreshIdentity(env: IdentityEnv, device: Device, offer: Offer): Promise<Identity | string> {
+export async function refreshIdentity(env: IdentityEnv, device: Device, offer: Offer, links: Map<string, LinkInfo>): Promise<Identity | string> {
   const { config } = env
   const ifname = macvlanName(device.mac)
   if (device.routeTable === undefined) return 'no routing table recorded'
-  if (!(await getLink(env.sh, ifname))) return 'macvlan missing'
+  const link = links.get(ifname)
+  if (!link) return 'macvlan missing'
   let v4: Lease4 | undefined
   if (device.wanIpv4) {
     if (!clientPid(config.runDir, ifname, 'udhcpc')) return 'DHCPv4 client not running'
@@ -199,7 +200,7 @@ export async function refreshIdentity(env: IdentityEnv, device: Device, offer: O
     const lease = await readLease6(config.runDir, ifname)
     if (typeof lease === 'object') v6 = lease
   }
-  const slaac = offer.slaac ? await slaacAddresses(env.sh, ifname, offer.prefixes) : []
+  const slaac = offer.slaac ? slaacOf(link, offer.prefixes) : []
   const wanIpv6 = [...(v6 ? [v6.ip6] : []), ...slaac]
   const unchanged = v4?.ip === device.wanIpv4 && wanIpv6.join() === device.wanIpv6.join()
   if (!unchanged) await configureIdentity(env, device, ifname, offer, device.routeTable, v4, v6, wanIpv6)
