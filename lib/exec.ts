@@ -1,7 +1,7 @@
 // Running system tools: always with an argument vector, never through a shell. Queries (reading state)
 // always run; changes are printed instead of run under --dry-run, so a dry run computes the real plan.
 import { execFile, spawn } from 'node:child_process'
-import { openSync } from 'node:fs'
+import { closeSync, openSync } from 'node:fs'
 
 export interface ExecResult {
   stdout: string
@@ -82,7 +82,13 @@ export function createSh(opts: { dryRun: boolean; print?: (line: string) => void
       }
       opts.trace?.(`$ ${line} &`)
       const out = openSync(o.logFile, 'a')
-      const child = spawn(cmd, args, { detached: true, stdio: ['ignore', out, out], env: o.env ?? process.env })
+      let child
+      try {
+        child = spawn(cmd, args, { detached: true, stdio: ['ignore', out, out], env: o.env ?? process.env })
+      } finally {
+        // The child has its own copy; ours would leak one descriptor per client started (hundreds per run).
+        closeSync(out)
+      }
       child.unref()
       return new Promise((resolve, reject) => {
         child.once('spawn', () => resolve(child.pid))
