@@ -8,7 +8,7 @@
 // listeners in one process against 400 socat processes. Everything is measured in one run, paths
 // interleaved, because these machines are noisy: read the ratios, not the absolutes.
 //
-//   node --import=tsx bench/relay.ts          (root; about two and a half minutes)
+//   node --import=tsx bench/relay.ts          (root; about three and a half minutes)
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import os from 'node:os'
@@ -26,7 +26,7 @@ const S4 = '198.18.20.2'
 const IPERF = 5201
 const CLOSER = 5300
 const IPERF_SECONDS = 5
-const ROUNDS = 2
+const ROUNDS = 3
 const CPS_MS = 2000
 const CPS_CONCURRENCY = 32
 const MANY = 400

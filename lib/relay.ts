@@ -106,7 +106,7 @@ export function createRelay(opts: RelayOptions = {}): Relay {
 
   function openTcp(rule: RelayRule): Promise<Listener> {
     const own = new Set<TcpConn>()
-    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true, highWaterMark })
+    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true })
     server.on('connection', (client) => relayTcp(rule, client, own))
     const listener: Listener = {
       rule,
@@ -127,45 +127,24 @@ export function createRelay(opts: RelayOptions = {}): Relay {
     })
   }
 
-  function relayTcp(rule: RelayRule, client: net.Socket, own: Set<TcpConn>): void {
+  function relayTcp(rule: RelayRule, accepted: net.Socket, own: Set<TcpConn>): void {
     if (conns.size >= maxConnections) {
       // A flood must not become a flood of log lines: one warning per 10 s at most.
       if (Date.now() - limitLoggedAt > 10_000) {
         limitLoggedAt = Date.now()
         log('warn', 'relay connection limit reached, refusing', { rule: ruleKey(rule), max: maxConnections })
       }
-      client.on('error', () => {})
-      client.resetAndDestroy()
+      accepted.on('error', () => {})
+      accepted.resetAndDestroy()
       return
     }
-    // Toward the client, reads go into this connection's own buffer, and the chunk is written on from there:
-    // no allocation per read and no stream machinery (about a third less CPU per byte than pipe(), see
-    // bench/relay.ts). While a write is pending it still references the buffer, so reading pauses until it
-    // completes (that is also the backpressure). The buffer grows while reads fill it, up to highWaterMark,
-    // and shrinks back when they do not: bulk transfers get big reads, quiet connections hold 16 KiB.
-    // The other direction comes from net.Server, which offers no such hook, and uses pipe().
-    let readBuf = Buffer.allocUnsafe(READ_MIN)
-    let lastRead = 0
-    const onread: net.OnReadOpts = {
-      buffer: () => {
-        if (lastRead === readBuf.length && readBuf.length < highWaterMark) readBuf = Buffer.allocUnsafe(Math.min(readBuf.length * 4, highWaterMark))
-        else if (lastRead <= READ_MIN / 2 && readBuf.length > READ_MIN) readBuf = Buffer.allocUnsafe(READ_MIN)
-        return readBuf
-      },
-      callback: (n, buf) => {
-        lastRead = n
-        let waiting = false
-        client.write(buf.subarray(0, n), () => { if (waiting) upstream.resume() })
-        if (client.writableLength === 0) return true
-        waiting = true
-        return false
-      },
-    }
-    // highWaterMark is passed on to the stream by net.Socket but missing from @types/node's connect options.
-    const connectOpts: net.TcpNetConnectOpts & { highWaterMark: number } = { host: rule.target.host, port: rule.target.port, allowHalfOpen: true, noDelay: true, highWaterMark, onread }
-    const upstream = net.connect(connectOpts)
-    // With allowHalfOpen the end of one direction only ends that direction.
-    upstream.on('end', () => client.end())
+    const up = forwarder(highWaterMark)
+    const down = forwarder(highWaterMark)
+    const client = adopt(accepted, up.onread)
+    if (!client) return
+    const upstream = net.connect({ host: rule.target.host, port: rule.target.port, allowHalfOpen: true, noDelay: true, onread: down.onread })
+    up.join(client, upstream)
+    down.join(upstream, client)
     const connectTimer = setTimeout(() => fail('upstream', new Error(`connect timeout after ${connectTimeoutMs} ms`)), connectTimeoutMs)
     const conn: TcpConn = { client, upstream }
     conns.add(conn)
@@ -200,9 +179,6 @@ export function createRelay(opts: RelayOptions = {}): Relay {
         client.destroy()
         upstream.destroy()
       })
-      // pipe() ends the destination when the source ends (half-close, since both allow half-open) and pauses
-      // the source while the destination is over its high-water mark (backpressure).
-      client.pipe(upstream)
       client.resume()
     })
   }
@@ -340,6 +316,62 @@ export function createRelay(opts: RelayOptions = {}): Relay {
       await Promise.all(all.map((l) => l.close()))
     }),
   }
+}
+
+/** One direction of a TCP connection: what `from` reads is written to `to`. */
+interface Forwarder {
+  /** For the reading socket's constructor. */
+  onread: net.OnReadOpts
+  /** Starts the direction; the end of `from` ends `to` (half-close, since both allow half-open). */
+  join(from: net.Socket, to: net.Socket): void
+}
+
+// Reads go into the direction's own buffer, and each chunk is written on from there: no allocation per read
+// and no stream machinery (about a third less CPU per byte than pipe(), see bench/relay.ts). While a write
+// is pending it still references the buffer, so reading pauses until it completes (that is also the
+// backpressure). The buffer grows while reads fill it, up to `max`, and shrinks back when they do not: bulk
+// transfers get big reads, quiet connections hold 16 KiB.
+function forwarder(max: number): Forwarder {
+  let from: net.Socket | undefined
+  let to: net.Socket | undefined
+  let buf = Buffer.allocUnsafe(READ_MIN)
+  let lastRead = 0
+  return {
+    onread: {
+      buffer: () => {
+        if (lastRead === buf.length && buf.length < max) buf = Buffer.allocUnsafe(Math.min(buf.length * 4, max))
+        else if (lastRead <= READ_MIN / 2 && buf.length > READ_MIN) buf = Buffer.allocUnsafe(READ_MIN)
+        return buf
+      },
+      callback: (n, chunk) => {
+        lastRead = n
+        const src = from!
+        const dst = to!
+        let waiting = false
+        dst.write(chunk.subarray(0, n), () => { if (waiting) src.resume() })
+        if (dst.writableLength === 0) return true
+        waiting = true
+        return false
+      },
+    },
+    join(src, dst) {
+      from = src
+      to = dst
+      src.on('end', () => dst.end())
+    },
+  }
+}
+
+// net.Server in Node 20 cannot give accepted sockets the onread option, so the accepted connection's handle
+// moves to a socket that has it, paused until resumed. The accepted socket is then destroyed without its
+// handle, which only releases the server's count of it.
+function adopt(accepted: net.Socket, onread: net.OnReadOpts): net.Socket | undefined {
+  const inner = accepted as unknown as { _handle: object | null }
+  const handle = inner._handle
+  inner._handle = null
+  accepted.destroy()
+  if (!handle) return undefined
+  return new net.Socket({ handle, allowHalfOpen: true, pauseOnCreate: true, onread } as net.SocketConstructorOpts)
 }
 
 /** UDP is lossy: a datagram that cannot be sent (ENOBUFS, unreachable) is dropped, not an 'error' event. */

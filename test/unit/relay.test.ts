@@ -19,6 +19,7 @@ const RULES: RelayRule[] = [
   tcp(7000, DEV, 7000),
   tcp(7001, DEV, 7001),
   tcp(7002, DEV, 7002),
+  tcp(7003, DEV, 7003),
   tcp(7100, DEV, 7000),
   tcp(81, HOLE, 80),
   tcp(80, DEV, 8080, R6_LATE),
@@ -129,9 +130,12 @@ describe.skipIf(process.getuid?.() !== 0)('relay in a namespace lab (needs root 
     expect(r.reply).toBe(r.sent)
   })
 
-  it('carries 64 MB intact through a slow reader without buffering it', async () => {
+  // While the reader stalls the relay holds about one high-water mark per direction (measured: +0.3 MB);
+  // without backpressure it takes in the whole 64 MB within 200 ms. While streaming, RSS grows by read
+  // buffers awaiting GC (measured: about +10 MB): bounded, not proportional to the transfer.
+  const STALL_MS = 2000
+  async function rssWhile<T>(work: () => Promise<T>): Promise<{ result: T; stalled: number; peak: number; growth: string }> {
     await until('idle relay', stats, (s) => s.tcpActive === 0)
-    const stallMs = 2000
     const before = rssKiB(router.pid)
     const started = Date.now()
     let stalled = before
@@ -139,25 +143,35 @@ describe.skipIf(process.getuid?.() !== 0)('relay in a namespace lab (needs root 
     const sampler = setInterval(() => {
       const now = rssKiB(router.pid)
       peak = Math.max(peak, now)
-      if (Date.now() - started < stallMs - 200) stalled = Math.max(stalled, now)
+      if (Date.now() - started < STALL_MS - 200) stalled = Math.max(stalled, now)
     }, 50)
     try {
-      const bytes = 64 << 20
-      // Not reading at all for 2 s, then at most 40 MB/s: the device could send far faster.
-      const got = await client.call<{ bytes: number; sha256: string }>('tcp.pull', { host: R6, port: 7002, bytes, tag: 'slow', stallMs, mbPerSec: 40, timeoutMs: 20_000 }, 25_000)
-      const sent = await device.call<{ bytes: number; sha256: string }>('device.source', { tag: 'slow' })
-      expect(got.bytes).toBe(bytes)
-      expect(got.sha256).toBe(sent.sha256)
+      const result = await work()
+      return { result, stalled: stalled - before, peak: peak - before, growth: `relay RSS ${before} KiB, +${stalled - before} while the reader stalled, +${peak - before} at peak` }
     } finally {
       clearInterval(sampler)
     }
-    const growth = `relay RSS ${before} KiB, +${stalled - before} while the reader stalled, +${peak - before} at peak`
-    // While the reader stalls the relay holds about one high-water mark per direction (measured: +0.3 MB);
-    // without backpressure it takes in the whole 64 MB within 200 ms.
-    expect(stalled - before, growth).toBeLessThan(16 * 1024)
-    // While streaming, RSS grows by read buffers awaiting GC (measured: about +10 MB): bounded, not
-    // proportional to the transfer.
-    expect(peak - before, growth).toBeLessThan(48 * 1024)
+  }
+
+  it('carries 64 MB intact to a slow client without buffering it', async () => {
+    const bytes = 64 << 20
+    // Not reading at all for 2 s, then at most 40 MB/s: the device could send far faster.
+    const { result: got, stalled, peak, growth } = await rssWhile(() =>
+      client.call<{ bytes: number; sha256: string }>('tcp.pull', { host: R6, port: 7002, bytes, tag: 'slow', stallMs: STALL_MS, mbPerSec: 40, timeoutMs: 20_000 }, 25_000))
+    const sent = await device.call<{ bytes: number; sha256: string }>('device.source', { tag: 'slow' })
+    expect(got.bytes).toBe(bytes)
+    expect(got.sha256).toBe(sent.sha256)
+    expect(stalled, growth).toBeLessThan(16 * 1024)
+    expect(peak, growth).toBeLessThan(48 * 1024)
+  }, 30_000)
+
+  it('carries 64 MB intact to a slow device without buffering it', async () => {
+    // The device's sink reads nothing for 2 s, then at most 40 MB/s; the client sends as fast as it can.
+    const { result: r, stalled, peak, growth } = await rssWhile(() =>
+      client.call<{ reply: string; sent: string }>('tcp.halfclose', { host: R6, port: 7003, bytes: 64 << 20 }, 20_000))
+    expect(r.reply).toBe(r.sent)
+    expect(stalled, growth).toBeLessThan(16 * 1024)
+    expect(peak, growth).toBeLessThan(48 * 1024)
   }, 30_000)
 
   it('keeps concurrent transfers in both directions apart and intact', async () => {
