@@ -38,6 +38,7 @@ function due(d: Device, now: number, staleAcquiring: number): boolean {
 const job = defineJob({
   name: 'acquire-leases',
   description: 'Give devices their own WAN identity and keep their leases renewed.',
+  exclusive: true,
   async run({ payload, ctx }): Promise<AcquireResult> {
     const { config, log, sh, store } = ctx
     const env: IdentityEnv = { sh, config, log }

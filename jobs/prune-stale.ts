@@ -14,6 +14,7 @@ export interface PruneResult { gone: string[]; deleted: string[]; kept: number }
 const job = defineJob({
   name: 'prune-stale',
   description: 'Release and remove devices that left the LAN; forget old records.',
+  exclusive: true,
   async run({ ctx }): Promise<PruneResult> {
     const { config, log, sh, store } = ctx
     await requireInterfaces(sh, config)

@@ -13,6 +13,7 @@ export interface RefreshResult { table: 'present' | 'created'; added: number; re
 const job = defineJob({
   name: 'refresh-proxies',
   description: 'Reconcile port forwards, device NAT and relay listeners with the store.',
+  exclusive: true,
   async run({ ctx }): Promise<RefreshResult> {
     await requireInterfaces(ctx.sh, ctx.config)
     const data = await ctx.store.read()

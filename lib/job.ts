@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { ConfigError, loadConfig, type Config } from './config.ts'
 import { createSh, type Sh } from './exec.ts'
+import { lockJob } from './job-lock.ts'
 import { createLogger, type Logger } from './log.ts'
 import { openStore, type Store } from './store.ts'
 
@@ -39,6 +40,8 @@ export interface Job<R = unknown> {
   format?(result: R): string
   /** The command line's exit status for a run that returned (default 0): diagnose exits 1 when a check fails. */
   exitCode?(result: R): number
+  /** Changes the data plane: runs once at a time across processes (lib/job-lock.ts); dry runs do not wait. */
+  exclusive?: boolean
 }
 
 export function defineJob<R>(job: Job<R>): Job<R> {
@@ -76,6 +79,21 @@ export function createContext(o: ContextOptions): JobContext {
     options: o.options ?? {},
     trigger: o.trigger ?? 'cli',
     interactive: o.interactive ?? false,
+  }
+}
+
+/** Runs the job, holding its lock while it runs when it is exclusive (the runner's child and the CLI both). */
+export async function execute<R>(job: Job<R>, payload: Payload[], ctx: JobContext): Promise<R> {
+  if (!job.exclusive || ctx.dryRun) return job.run({ payload, ctx })
+  const release = await lockJob(ctx.config.runDir, job.name, {
+    waitMs: ctx.config.jobTimeout * 1000,
+    onWait: (pid) => ctx.log.info(`waiting for another ${job.name} run${pid ? ` (pid ${pid})` : ''} to finish`),
+    onCompromised: (err) => ctx.log.warn(`${job.name} lock lost: ${err.message}`),
+  })
+  try {
+    return await job.run({ payload, ctx })
+  } finally {
+    await release().catch(() => {})
   }
 }
 
@@ -156,7 +174,7 @@ export async function runCli(job: Job, argv: string[]): Promise<number> {
     planTo: values.json ? process.stderr : process.stdout,
   })
   try {
-    const result = await job.run({ payload: [], ctx })
+    const result = await execute(job, [], ctx)
     // A job that streams its own output (logs -f) returns nothing, and nothing more is printed.
     if (result === undefined) return job.exitCode?.(result) ?? 0
     if (values.json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`)

@@ -2,7 +2,7 @@
 // IPC, runs it, sends back the result, exits. The job's own crash, exit or hang stays in this process.
 import { pathToFileURL } from 'node:url'
 import type { Config } from '../config.ts'
-import { createContext, type Job, type Payload } from '../job.ts'
+import { createContext, execute, type Job, type Payload } from '../job.ts'
 
 export interface RunMessage {
   type: 'run'
@@ -34,7 +34,7 @@ async function main(msg: RunMessage): Promise<void> {
     if (!job || typeof job.run !== 'function') throw new Error(`${msg.file} does not export a job (export default defineJob({...}))`)
     const ctx = createContext({ config: msg.config, tag: msg.job, trigger: msg.trigger })
     try {
-      const result = await job.run({ payload: msg.payload, ctx })
+      const result = await execute(job, msg.payload, ctx)
       // Checked here so that a result IPC cannot carry (cycles, BigInt) fails the run with a reason.
       outcome = { type: 'result', ok: true, result: result === undefined ? null : JSON.parse(JSON.stringify(result)) }
     } catch (err) {

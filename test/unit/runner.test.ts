@@ -222,6 +222,7 @@ function runnerEnv(dataDir: string, port: number, extra: Record<string, string>)
   return {
     ...env,
     DUALGATE_DATA_DIR: dataDir,
+    DUALGATE_RUN_DIR: path.join(dataDir, 'run'),
     DUALGATE_API_HOST: '127.0.0.1',
     DUALGATE_API_PORT: String(port),
     DUALGATE_API_TOKEN: TOKEN,
@@ -423,6 +424,22 @@ describe('runner process', () => {
     for (let i = 1; i < runs.length; i++) {
       expect(Date.parse(runs[i].startedAt)).toBeGreaterThanOrEqual(Date.parse(runs[i - 1].startedAt) + runs[i - 1].durationMs)
     }
+  })
+
+  it('a run the runner starts waits for the same exclusive job run by hand, and they never overlap', async () => {
+    const r = await startRunner(tempDir())
+    const env = runnerEnv(r.dataDir, Number(new URL(r.url).port), { FIXTURE_HOLD_MS: '4000' })
+    const manual = spawn(process.execPath, ['--import=tsx', path.join(FIXTURES, 'exclusive.ts')], { cwd: ROOT, env, stdio: 'ignore' })
+    const manualDone = new Promise((resolve) => manual.on('exit', resolve))
+    const log = path.join(r.dataDir, 'exclusive.log')
+    await waitFor(() => existsSync(log), 10_000, () => 'the manual run never started')
+    expect(await (await post(r, '/jobs/exclusive/run', undefined, TOKEN)).json()).toEqual({ job: 'exclusive', state: 'started' })
+    await waitFor(() => storeData(r.dataDir).runs.some((x) => x.job === 'exclusive'), 20_000, () => r.output())
+    await manualDone
+    expect(storeData(r.dataDir).runs.find((x) => x.job === 'exclusive')?.ok).toBe(true)
+    const lines = readFileSync(log, 'utf8').trim().split('\n').map((l) => l.split(' '))
+    // The manual run starts and ends, then the runner's.
+    expect(lines.map((l) => [l[0], Number(l[1]) === manual.pid ? 'manual' : 'runner'])).toEqual([['start', 'manual'], ['end', 'manual'], ['start', 'runner'], ['end', 'runner']])
   })
 
   it('keeps its configuration when a SIGHUP finds it invalid, and exits 2 on a bad one at start', async () => {
