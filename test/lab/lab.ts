@@ -131,6 +131,8 @@ export interface Lab {
     register(mac: string): Promise<void>
     unregister(mac: string): Promise<void>
     leases(): Promise<UpstreamLeases>
+    /** Moves the upstream to a new IPv6 /64 (returned), as an ISP renumbering would; client6 gets ::10 in it. */
+    renumber6(): Promise<string>
   }
   /** Live devices in order (dev0, dev1, ...); addDevice appends, unplug removes. */
   devices: LabDevice[]
@@ -158,6 +160,8 @@ const UDHCPC_SCRIPT = join(HERE, 'udhcpc.sh')
 const LAN_IP = '198.19.0.1'
 const UP_V4 = '198.18.0.1'
 const UP_V6 = '2001:db8:1::1'
+const UP_PREFIX6_BASE = '2001:db8:1::'
+const UP_PREFIX6_NEXT = '2001:db8:2::'
 const ROUTER_V4 = '198.18.0.2'
 const ROUTER_V6 = '2001:db8:1::2'
 const C4_IP = '198.18.0.10'
@@ -566,6 +570,46 @@ export async function createLab(opts: LabOptions): Promise<Lab> {
     return child.pid ?? 0
   }
 
+  // Upstream dnsmasq: DHCPv4, DHCPv6 and RA (of the prefix `<base>/64`), registered MACs only.
+  async function startUpstreamDnsmasq(base: string): Promise<void> {
+    const upConf = [
+      'port=0',
+      'interface=br0',
+      'no-ping',
+      'user=root',
+      `pid-file=${upPidFile}`,
+      `dhcp-leasefile=${upLeases}`,
+      `log-facility=${upLog}`,
+      'log-dhcp',
+      `dhcp-hostsfile=${hostsFile}`,
+      'dhcp-ignore=tag:!known',
+      'dhcp-authoritative',
+      ...(v4 ? [`dhcp-range=198.18.1.0,198.18.3.250,255.255.252.0,${leaseTime}`, `dhcp-option=option:router,${UP_V4}`] : []),
+      ...(v6 ? ['enable-ra', `dhcp-range=${base}1000,${base}ffff,slaac,64,${leaseTime}`] : []),
+      '',
+    ].join('\n')
+    const upConfFile = join(dir, 'upstream-dnsmasq.conf')
+    writeFileSync(upConfFile, upConf)
+    writeFileSync(upPidFile, '')
+    upDnsmasqPid = await startDaemon(upNs, 'dnsmasq', ['--keep-in-foreground', `--conf-file=${upConfFile}`], {
+      log: join(dir, 'upstream-dnsmasq.out'),
+      ready: () => readText(upPidFile).trim().length > 0,
+      what: 'upstream dnsmasq',
+    })
+  }
+
+  /** The upstream moves to 2001:db8:2::/64: its dnsmasq advertises and leases only that prefix, client6 gets ::10 in it. */
+  async function renumber6(): Promise<string> {
+    if (!v6) throw new Error(`lab ${id} has no IPv6 upstream to renumber`)
+    await ip(['-n', upNs, 'addr', 'add', `${UP_PREFIX6_NEXT}1/64`, 'dev', 'br0', 'nodad'])
+    await ip(['-n', c6Ns, 'addr', 'add', `${UP_PREFIX6_NEXT}10/64`, 'dev', 'eth0', 'nodad'])
+    const pid = upDnsmasqPid
+    kill(pid, 'SIGTERM')
+    await waitFor('upstream dnsmasq to stop', 5_000, () => !isAlive(pid), 20)
+    await startUpstreamDnsmasq(UP_PREFIX6_NEXT)
+    return `${UP_PREFIX6_NEXT}/64`
+  }
+
   // --- upstream registration: dnsmasq hosts file + nftables set, kept equal ---------------------
   function writeHostsFile(): void {
     // One dhcp-host per registered MAC; "known" is what dhcp-ignore=tag:!known checks.
@@ -728,6 +772,7 @@ export async function createLab(opts: LabOptions): Promise<Lab> {
       register: (mac) => setRegistered([mac], true),
       unregister: (mac) => setRegistered([mac], false),
       leases: async () => parseUpstreamLeases(readText(upLeases)),
+      renumber6,
     },
     devices,
     client4: { ns: c4Ns, ip: '198.18.0.10' },
@@ -840,30 +885,7 @@ export async function createLab(opts: LabOptions): Promise<Lab> {
     await run('ip', ['netns', 'exec', upNs, 'nft', '-f', '-'], { input: nft })
     firewallUp = true
 
-    // Upstream dnsmasq: DHCPv4, DHCPv6 and RA, registered MACs only.
-    const upConf = [
-      'port=0',
-      'interface=br0',
-      'no-ping',
-      'user=root',
-      `pid-file=${upPidFile}`,
-      `dhcp-leasefile=${upLeases}`,
-      `log-facility=${upLog}`,
-      'log-dhcp',
-      `dhcp-hostsfile=${hostsFile}`,
-      'dhcp-ignore=tag:!known',
-      'dhcp-authoritative',
-      ...(v4 ? [`dhcp-range=198.18.1.0,198.18.3.250,255.255.252.0,${leaseTime}`, `dhcp-option=option:router,${UP_V4}`] : []),
-      ...(v6 ? ['enable-ra', `dhcp-range=2001:db8:1::1000,2001:db8:1::ffff,slaac,64,${leaseTime}`] : []),
-      '',
-    ].join('\n')
-    const upConfFile = join(dir, 'upstream-dnsmasq.conf')
-    writeFileSync(upConfFile, upConf)
-    upDnsmasqPid = await startDaemon(upNs, 'dnsmasq', ['--keep-in-foreground', `--conf-file=${upConfFile}`], {
-      log: join(dir, 'upstream-dnsmasq.out'),
-      ready: () => readText(upPidFile).trim().length > 0,
-      what: 'upstream dnsmasq',
-    })
+    await startUpstreamDnsmasq(UP_PREFIX6_BASE)
     const upReady = join(dir, 'upstream-http.ready')
     const upHttp = startDaemon(upNs, process.execPath, [SERVICES, 'upstream', '--log', join(dir, 'upstream-http.peers'), '--ready', upReady], {
       log: join(dir, 'upstream-http.log'),

@@ -1,9 +1,12 @@
-// IPv4-only and IPv6-only upstreams get only the requests that can succeed, and leases renew.
+// IPv4-only and IPv6-only upstreams get only the requests that can succeed, leases renew, and a renumbered
+// upstream IPv6 prefix moves every device (and its relay listeners) to the new prefix.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { AcquireResult } from '../../jobs/acquire-leases.ts'
 import { macvlanName } from '../../lib/mac.ts'
+import { inPrefix6 } from '../../lib/ipv6.ts'
+import type { RelayRule } from '../../lib/relay.ts'
 import type { Device } from '../../lib/schema.ts'
-import { runJob } from './gateway.ts'
+import { api, runJob, startRunner, until, type LabRunner } from './gateway.ts'
 import { createLab, isRoot, type Lab } from './lab.ts'
 
 async function onlyDevice(lab: Lab): Promise<Device> {
@@ -73,4 +76,55 @@ describe.skipIf(!isRoot())('IPv6-only upstream (lab)', () => {
     expect(running).toContain('dhclient')
     expect(running).not.toContain('udhcpc')
   })
+})
+
+describe.skipIf(!isRoot())('dual-stack upstream renumbered (lab)', () => {
+  let lab: Lab
+  let runner: LabRunner
+  const relayHosts = async () => new Set((await api<{ rules: RelayRule[] }>(lab, 'GET', '/relay')).body.rules.map((r) => r.listen.host))
+  beforeAll(async () => { lab = await createLab({ mode: 'dual', devices: 1 }) })
+  afterAll(async () => {
+    await runner?.stop()
+    await lab?.teardown()
+  })
+
+  it('re-acquires the device once in the new prefix; the relay follows and the old addresses are gone', async () => {
+    expect((await runJob(lab, 'scan-arp')).code).toBe(0)
+    expect((await runJob(lab, 'acquire-leases')).code).toBe(0)
+    const before = await onlyDevice(lab)
+    expect(before.status, before.reason).toBe('active')
+    expect(before.wanIpv6.length).toBeGreaterThan(0)
+    expect(before.wanIpv6.every((a) => inPrefix6(a, lab.upstream.prefix6))).toBe(true)
+    runner = startRunner(lab)
+    await until('relay listeners on the old addresses', 20_000, async () => ((await relayHosts()).has(before.wanIpv6[0]) ? true : undefined))
+
+    const prefix = await lab.upstream.renumber6()
+    const acquire = await runJob<AcquireResult>(lab, 'acquire-leases')
+    expect(acquire.code, acquire.stderr).toBe(0)
+    expect(acquire.result.offer?.prefixes).toEqual([prefix])
+    expect(acquire.result.reacquired).toEqual([before.mac])
+    expect(acquire.stderr).toContain('upstream IPv6 prefix changed')
+
+    const after = await onlyDevice(lab)
+    expect(after.status, after.reason).toBe('active')
+    expect(after.wanIpv4).toBe(before.wanIpv4)
+    expect(after.wanIpv6.length).toBeGreaterThan(0)
+    expect(after.wanIpv6.every((a) => inPrefix6(a, prefix)), after.wanIpv6.join(' ')).toBe(true)
+    const onLink = (await lab.exec(lab.router.ns, 'ip', ['-6', '-o', 'addr', 'show', 'dev', macvlanName(before.mac), 'scope', 'global'])).stdout
+    for (const old of before.wanIpv6) expect(onLink).not.toContain(old)
+    // A DHCPv6 lease upstream in the new prefix, under the device's DUID.
+    expect((await lab.upstream.leases()).v6.find((l) => after.wanIpv6.includes(l.ip))).toMatchObject({ duid: `00:03:00:01:${before.mac}` })
+
+    const hosts = await until('relay listeners on the new addresses only', 20_000, async () => {
+      const h = await relayHosts()
+      return after.wanIpv6.every((a) => h.has(a)) && before.wanIpv6.every((a) => !h.has(a)) ? h : undefined
+    })
+    expect(hosts.size).toBe(after.wanIpv6.length)
+    expect(await lab.fetch(lab.client6.ns, `http://[${after.wanIpv6[0]}]:80/`)).toContain(`device ${lab.devices[0].name}`)
+
+    // Once per change: the next run sees the prefix it recorded and leaves the device alone.
+    const again = await runJob<AcquireResult>(lab, 'acquire-leases')
+    expect(again.result.reacquired).toEqual([])
+    expect(again.result.attempted).toBe(0)
+  }, 120_000)
 })
