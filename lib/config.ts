@@ -4,7 +4,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import path from 'node:path'
 import { validate as validCron } from 'node-cron'
 import { z } from 'zod'
-import { nat64PoolError, nat64PrefixError } from './nat64.ts'
+import { nat64PoolError, nat64PrefixError, prefix96Error } from './nat64.ts'
 import { parseUci, UciSyntaxError } from './uci.ts'
 
 const ifname = z.string().regex(/^[A-Za-z0-9_.@-]{1,15}$/, 'not an interface name (1-15 of A-Z a-z 0-9 _ . @ -)')
@@ -66,6 +66,13 @@ const spec = {
   nat64Prefix: [checked((v) => (v === 'auto' ? undefined : nat64PrefixError(v))), 'auto'],
   /** IPv4 addresses tayga gives IPv6 clients; they never leave the router (masqueraded toward the LAN). */
   nat64Pool: [checked(nat64PoolError), '192.168.255.0/24'],
+  /**
+   * 464XLAT on an IPv6-only upstream (lib/clat.ts): the runner translates each device's IPv4 to IPv6 from a
+   * CLAT address of the device's own, toward the upstream's NAT64 at clatPrefix. Needs tayga.
+   */
+  clat: [bool, false],
+  /** The upstream's NAT64 (PLAT) prefix: the Well-Known Prefix unless the network says otherwise. */
+  clatPrefix: [checked(prefix96Error), '64:ff9b::/96'],
   /** Prefix for the system files diagnose and install read and change (/etc/...); tests use a fake root. */
   rootDir: [z.string().min(1), '/'],
   /** openwrt or debian; auto: openwrt when <rootDir>/etc/openwrt_release exists. */

@@ -324,8 +324,10 @@ const upstream: CheckFn = async (env) => {
   ]
   if (!offer.dhcpv4 && !offer.ra) return { check: fail('upstream', `the upstream offers nothing: ${parts.join('; ')}`) }
   if (!offer.dhcpv4) {
+    const { clat, clatPrefix } = env.ctx.config
+    if (clat) return { check: pass('upstream', `${parts.join('; ')}: IPv6-only upstream; devices' own IPv4 goes through 464XLAT toward the NAT64 at ${clatPrefix} (GET /clat)`) }
     // Said plainly, because it is what a person on an IPv6-only upstream needs to know.
-    return { check: warn('upstream', `${parts.join('; ')}: IPv6-only upstream. Devices get their own IPv6 identity and are reachable through the relay and NAT64, but their own outbound IPv4 needs per-device 464XLAT (CLAT), which this version does not provide`) }
+    return { check: warn('upstream', `${parts.join('; ')}: IPv6-only upstream. Devices get their own IPv6 identity and are reachable through the relay and NAT64, but their own outbound IPv4 has no path`, 'set clat 1 (464XLAT; needs tayga, and a NAT64 upstream at clatPrefix)') }
   }
   const recorded = (await env.store()).data?.upstream.prefixes ?? []
   if (offer.ra && recorded.length > 0 && offer.prefixes.join() !== recorded.join()) {

@@ -3,28 +3,35 @@
 // lib/net/tayga.ts share them.
 import { createHash } from 'node:crypto'
 import { formatIpv4, parseCidr4, parseIpv4 } from './ipv4.ts'
-import { embedIpv4, formatIpv6, parseIpv6 } from './ipv6.ts'
+import { canonicalPrefix6, embedIpv4, formatIpv6, parseIpv6 } from './ipv6.ts'
 import { normalizeMac } from './mac.ts'
 
 export const WELL_KNOWN_PREFIX = '64:ff9b::/96'
 
 /**
- * Why `text` cannot be the /96 NAT64 prefix for a LAN of private IPv4 devices, or undefined when it can.
- * RFC 6052: the low 32 bits carry the IPv4 address and bits 64-71 must be zero; the Well-Known Prefix must
- * not represent private IPv4. tayga 0.9.2 refuses ::/8 (so also RFC 8215's 64:ff9b:1::/48), multicast and
- * link-local prefixes.
+ * Why `text` cannot be a /96 translation prefix, or undefined when it can. RFC 6052: the low 32 bits carry
+ * the IPv4 address and bits 64-71 must be zero. tayga 0.9.2 refuses ::/8 (so also RFC 8215's
+ * 64:ff9b:1::/48), multicast and link-local prefixes.
  */
-export function nat64PrefixError(text: string): string | undefined {
+export function prefix96Error(text: string): string | undefined {
   const m = /^([^/]+)\/(\d{1,3})$/.exec(text)
   const bytes = m ? parseIpv6(m[1]) : undefined
   if (!m || !bytes) return 'expected an IPv6 prefix such as fd12:3456:789a:64::/96'
-  if (m[2] !== '96') return 'the NAT64 prefix must be a /96'
+  if (m[2] !== '96') return 'the prefix must be a /96'
   if (bytes.subarray(12).some((b) => b !== 0)) return 'the last 32 bits of a /96 prefix must be zero (they carry the IPv4 address)'
-  if (bytes[8] !== 0) return 'bits 64-71 of a NAT64 prefix must be zero (RFC 6052)'
-  if (`${formatIpv6(bytes)}/96` === WELL_KNOWN_PREFIX) return 'the Well-Known Prefix 64:ff9b::/96 must not represent private IPv4 addresses (RFC 6052); use a prefix of your own network or a ULA'
+  if (bytes[8] !== 0) return 'bits 64-71 of a translation prefix must be zero (RFC 6052)'
+  if (`${formatIpv6(bytes)}/96` === WELL_KNOWN_PREFIX) return undefined
   if (bytes[0] === 0) return 'prefixes in ::/8 are reserved (tayga refuses them, 64:ff9b:1::/48 included)'
-  if (bytes[0] === 0xff) return 'a multicast prefix cannot be a NAT64 prefix'
-  if (bytes[0] === 0xfe && (bytes[1] & 0xc0) === 0x80) return 'a link-local prefix cannot be a NAT64 prefix'
+  if (bytes[0] === 0xff) return 'a multicast prefix cannot be a translation prefix'
+  if (bytes[0] === 0xfe && (bytes[1] & 0xc0) === 0x80) return 'a link-local prefix cannot be a translation prefix'
+  return undefined
+}
+
+/** Why `text` cannot be the NAT64 prefix for a LAN of private IPv4 devices: also not the Well-Known Prefix. */
+export function nat64PrefixError(text: string): string | undefined {
+  const why = prefix96Error(text)
+  if (why) return why
+  if (canonicalPrefix6(text) === WELL_KNOWN_PREFIX) return 'the Well-Known Prefix 64:ff9b::/96 must not represent private IPv4 addresses (RFC 6052); use a prefix of your own network or a ULA'
   return undefined
 }
 

@@ -7,11 +7,12 @@ import { readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { MACVLAN_NAME } from './checks.ts'
+import { clatAddress, CLAT_TUN } from './clat.ts'
 import type { Config } from './config.ts'
 import { readStoreView, systemBackupDir } from './diagnose.ts'
 import type { Sh } from './exec.ts'
 import { stopClients } from './net/dhcp.ts'
-import { deleteLink, listLinks } from './net/ip.ts'
+import { deleteLink, getLink, listLinks } from './net/ip.ts'
 import { TABLE, deleteTable } from './net/nft.ts'
 import { stopTayga, TUN } from './net/tayga.ts'
 import { listRules, PREF_DEVICE, PREF_LAN, removeDeviceRoutes } from './net/route.ts'
@@ -53,6 +54,7 @@ export async function teardownNetwork(sh: Sh, config: Config): Promise<TeardownR
   report.runner = await stopRunner(sh, config.dataDir)
   // The runner stops tayga; one it left behind (killed) goes here. Its pool rule goes with the PREF_LAN ones.
   if (await stopTayga(sh, config.runDir)) report.clients.push(TUN)
+  if (await stopTayga(sh, config.runDir, undefined, 'clat')) report.clients.push(CLAT_TUN)
 
   const pidFiles = await readdir(config.runDir).catch(() => [] as string[])
   const ifnames = new Set(pidFiles.map((n) => /^(dg[0-9a-f]{12})\.(udhcpc|dhclient6|odhcp6c)\.pid$/.exec(n)?.[1]).filter((x): x is string => !!x))
@@ -75,6 +77,11 @@ export async function teardownNetwork(sh: Sh, config: Config): Promise<TeardownR
     if (rule.priority !== PREF_LAN || rule.table !== 'main' || !rule.dst) continue
     await sh.apply('ip', ['-4', 'rule', 'del', 'pref', String(PREF_LAN), 'to', `${rule.dst}/${(rule as { dstlen?: number }).dstlen ?? 32}`, 'lookup', 'main'], { nothrow: true })
   }
+
+  // The CLAT's own address is proxied on the WAN port (lib/runner/clat.ts); a killed runner leaves it.
+  const wan = await getLink(sh, config.wanIf)
+  const prefix64 = data?.upstream.prefixes.find((p) => p.endsWith('/64'))
+  if (wan?.mac && prefix64) await sh.apply('ip', ['-6', 'neigh', 'del', 'proxy', clatAddress(prefix64, wan.mac), 'dev', config.wanIf], { nothrow: true })
 
   for (const link of await listLinks(sh)) {
     if (link.kind !== 'macvlan' || !MACVLAN_NAME.test(link.ifname)) continue

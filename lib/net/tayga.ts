@@ -127,13 +127,14 @@ export function nat64Status(config: Nat64Config, probe: Partial<Nat64Probe> = {}
 
 export interface TaygaFiles { conf: string; dataDir: string; pidFile: string; logFile: string }
 
-export function taygaFiles(runDir: string): TaygaFiles {
+/** The files of one tayga instance: `tayga` (NAT64) or `clat` (lib/runner/clat.ts). */
+export function taygaFiles(runDir: string, name = 'tayga'): TaygaFiles {
   return {
-    conf: path.join(runDir, 'tayga.conf'),
+    conf: path.join(runDir, `${name}.conf`),
     // dynamic.map: the pool assignments, kept across restarts so that clients keep their address.
-    dataDir: path.join(runDir, 'tayga'),
-    pidFile: path.join(runDir, 'tayga.pid'),
-    logFile: path.join(runDir, 'tayga.log'),
+    dataDir: path.join(runDir, name),
+    pidFile: path.join(runDir, `${name}.pid`),
+    logFile: path.join(runDir, `${name}.log`),
   }
 }
 
@@ -154,8 +155,8 @@ export function taygaConfig(s: TaygaSettings): string {
 }
 
 /** The running tayga of this run directory: the PID file's process, checked to be tayga on our config file. */
-export function taygaPid(runDir: string): number | undefined {
-  const files = taygaFiles(runDir)
+export function taygaPid(runDir: string, name = 'tayga'): number | undefined {
+  const files = taygaFiles(runDir, name)
   try {
     const pid = Number(readFileSync(files.pidFile, 'utf8').trim())
     if (!Number.isInteger(pid) || pid <= 1) return undefined
@@ -169,9 +170,9 @@ export function taygaPid(runDir: string): number | undefined {
 }
 
 /** The config file tayga runs with now, to tell whether a running tayga matches the settings. */
-export function runningConfig(runDir: string): string | undefined {
+export function runningConfig(runDir: string, name = 'tayga'): string | undefined {
   try {
-    return readFileSync(taygaFiles(runDir).conf, 'utf8')
+    return readFileSync(taygaFiles(runDir, name).conf, 'utf8')
   } catch {
     return undefined
   }
@@ -181,8 +182,8 @@ export function runningConfig(runDir: string): string | undefined {
  * Writes the config and starts tayga detached (it outlives a crashed runner, which adopts it again); -d keeps
  * it in the foreground and sends its messages to the log file instead of syslog.
  */
-export async function startTayga(sh: Sh, binary: string, runDir: string, text: string): Promise<number | undefined> {
-  const files = taygaFiles(runDir)
+export async function startTayga(sh: Sh, binary: string, runDir: string, text: string, name = 'tayga'): Promise<number | undefined> {
+  const files = taygaFiles(runDir, name)
   if (!sh.dryRun) {
     await mkdir(files.dataDir, { recursive: true })
     await writeFile(files.conf, text)
@@ -193,14 +194,14 @@ export async function startTayga(sh: Sh, binary: string, runDir: string, text: s
 }
 
 /** Waits (bounded) for tayga's TUN device; false when tayga exits first or the time runs out. */
-export async function waitForTun(pid: number, ms: number, sysNet = '/sys/class/net'): Promise<boolean> {
+export async function waitForTun(pid: number, ms: number, tun = TUN, sysNet = '/sys/class/net'): Promise<boolean> {
   const deadline = Date.now() + ms
   while (Date.now() < deadline) {
-    if (existsSync(path.join(sysNet, TUN))) return true
+    if (existsSync(path.join(sysNet, tun))) return true
     if (!existsSync(`/proc/${pid}`)) return false
     await sleep(50)
   }
-  return existsSync(path.join(sysNet, TUN))
+  return existsSync(path.join(sysNet, tun))
 }
 
 /** Up, the routes into it, and the rule that keeps replies to the pool out of the per-device tables. */
@@ -211,15 +212,15 @@ export async function configureTun(sh: Sh, s: { prefix: string; pool: string }):
   await ensureMainRule(sh, s.pool)
 }
 
-/** Stops this run directory's tayga (its TUN and routes go with it) and, given the pool, removes the pool rule. */
-export async function stopTayga(sh: Sh, runDir: string, pool?: string): Promise<number | undefined> {
-  const pid = taygaPid(runDir)
+/** Stops this run directory's tayga `name` (its TUN and routes go with it) and, given the pool, removes the pool rule. */
+export async function stopTayga(sh: Sh, runDir: string, pool?: string, name = 'tayga'): Promise<number | undefined> {
+  const pid = taygaPid(runDir, name)
   if (pid) {
     await sh.apply('kill', ['-TERM', String(pid)], { nothrow: true })
-    for (let i = 0; i < STOP_GRACE_MS / 50 && !sh.dryRun && taygaPid(runDir) === pid; i++) await sleep(50)
-    if (!sh.dryRun && taygaPid(runDir) === pid) await sh.apply('kill', ['-KILL', String(pid)], { nothrow: true })
+    for (let i = 0; i < STOP_GRACE_MS / 50 && !sh.dryRun && taygaPid(runDir, name) === pid; i++) await sleep(50)
+    if (!sh.dryRun && taygaPid(runDir, name) === pid) await sh.apply('kill', ['-KILL', String(pid)], { nothrow: true })
   }
-  if (!sh.dryRun) await rm(taygaFiles(runDir).pidFile, { force: true })
+  if (!sh.dryRun) await rm(taygaFiles(runDir, name).pidFile, { force: true })
   if (pool) await removeMainRule(sh, pool)
   return pid
 }

@@ -15,6 +15,7 @@ import { runnerPid, runnerPidFile } from '../runner-state.ts'
 import { openStore } from '../store.ts'
 import { createCoalescer, toPayload, type HookEvent } from './events.ts'
 import { discoverJobs, jobsDir } from './jobs.ts'
+import { clatRoutes, startClat } from './clat.ts'
 import { exposureRoutes, startExposure } from './exposure.ts'
 import { nat64Routes, startNat64 } from './nat64.ts'
 import { createQueue, type Batch, type Item } from './queue.ts'
@@ -204,7 +205,8 @@ async function main(): Promise<void> {
 
   const exposure = startExposure({ store, config: () => config, sh: createSh({ dryRun: false }), log: () => log })
   const nat64 = startNat64({ store, config: () => config, sh: createSh({ dryRun: false }), log: () => log })
-  const app = createApi({ store, config: () => config, runner, version: packageVersion(), log, routes: [...exposureRoutes(exposure), ...nat64Routes(nat64)] })
+  const clat = startClat({ store, config: () => config, sh: createSh({ dryRun: false }), log: () => log })
+  const app = createApi({ store, config: () => config, runner, version: packageVersion(), log, routes: [...exposureRoutes(exposure), ...nat64Routes(nat64), ...clatRoutes(clat)] })
   const server = serve(app, { hostname: config.apiHost, port: config.apiPort, manual: true, silent: true, gracefulShutdown: false })
   let schedule: Schedule | undefined
   const startSchedule = () => scheduleJobs(config.schedules, (j) => !!jobFile(j), (job) => request(job, { items: [], triggers: ['cron'] }), (m) => log.info(m))
@@ -216,7 +218,7 @@ async function main(): Promise<void> {
     log.info(`${signal}: stopping`)
     schedule?.stop()
     watcher?.close()
-    const closed = Promise.all([server.close(true).catch(() => {}), exposure.close(), nat64.close()])
+    const closed = Promise.all([server.close(true).catch(() => {}), exposure.close(), nat64.close(), clat.close()])
     const left = coalescer.takeAll()
     for (const [job, batch] of queue.close()) left.set(job, [...(left.get(job) ?? []), ...batch.items])
     await Promise.all([...left].map(([job, items]) => keep(job, items)))
@@ -261,7 +263,7 @@ async function main(): Promise<void> {
     await server.serve()
   } catch (err) {
     log.error(`cannot serve the API on ${config.apiHost}:${config.apiPort}: ${(err as Error).message}`)
-    await Promise.all([exposure.close(), nat64.close()])
+    await Promise.all([exposure.close(), nat64.close(), clat.close()])
     removePid()
     process.exit(1)
   }

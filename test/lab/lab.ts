@@ -51,6 +51,7 @@ import {
   copyFileSync,
   existsSync,
   fstatSync,
+  mkdirSync,
   mkdtempSync,
   openSync,
   readFileSync,
@@ -78,6 +79,8 @@ export interface LabOptions {
   dhcpScript?: string
   /** Environment the router dnsmasq (and so its script) gets, on top of PATH. */
   dhcpScriptEnv?: Record<string, string>
+  /** The upstream runs a NAT64 (PLAT, tayga) at plat.prefix in front of an IPv4 host: 464XLAT labs. */
+  plat?: boolean
 }
 
 export interface LabDevice {
@@ -133,6 +136,8 @@ export interface Lab {
     leases(): Promise<UpstreamLeases>
     /** Moves the upstream to a new IPv6 /64 (returned), as an ISP renumbering would; client6 gets ::10 in it. */
     renumber6(): Promise<string>
+    /** With opts.plat: the NAT64 prefix, the IPv4 host behind it (the upstream's HTTP server), the pool. */
+    plat?: { prefix: string; ipv4Host: string; pool: string }
   }
   /** Live devices in order (dev0, dev1, ...); addDevice appends, unplug removes. */
   devices: LabDevice[]
@@ -162,6 +167,7 @@ const UP_V4 = '198.18.0.1'
 const UP_V6 = '2001:db8:1::1'
 const UP_PREFIX6_BASE = '2001:db8:1::'
 const UP_PREFIX6_NEXT = '2001:db8:2::'
+const PLAT = { prefix: '2001:db8:64::/96', ipv4Host: '198.18.66.1', pool: '198.18.65.0/24' }
 const ROUTER_V4 = '198.18.0.2'
 const ROUTER_V6 = '2001:db8:1::2'
 const C4_IP = '198.18.0.10'
@@ -610,6 +616,34 @@ export async function createLab(opts: LabOptions): Promise<Lab> {
     return `${UP_PREFIX6_NEXT}/64`
   }
 
+  /**
+   * The upstream's NAT64: tayga on TUN `plat` maps IPv6 sources to addresses of PLAT.pool and IPv4 under
+   * PLAT.prefix, and PLAT.ipv4Host on the upstream's loopback stands for the IPv4 internet.
+   */
+  async function startPlat(): Promise<void> {
+    if (!v6 || v4) throw new Error('plat needs an IPv6-only lab (mode ipv6)')
+    const conf = join(dir, 'plat-tayga.conf')
+    writeFileSync(conf, [
+      'tun-device plat',
+      `ipv4-addr ${PLAT.pool.replace(/0\/24$/, '1')}`,
+      `prefix ${PLAT.prefix}`,
+      `dynamic-pool ${PLAT.pool}`,
+      `data-dir ${join(dir, 'plat')}`,
+      '',
+    ].join('\n'))
+    mkdirSync(join(dir, 'plat'), { recursive: true })
+    await run('ip', ['netns', 'exec', upNs, 'sysctl', '-q', '-w', 'net.ipv6.conf.all.forwarding=1', 'net.ipv4.ip_forward=1'])
+    await ip(['-n', upNs, 'addr', 'add', `${PLAT.ipv4Host}/32`, 'dev', 'lo'])
+    await startDaemon(upNs, 'tayga', ['--config', conf, '-d'], {
+      log: join(dir, 'plat-tayga.log'),
+      ready: async () => (await ip(['-n', upNs, 'link', 'show', 'plat'], { nothrow: true })).code === 0,
+      what: 'upstream NAT64 (tayga)',
+    })
+    await ip(['-n', upNs, 'link', 'set', 'plat', 'up'])
+    await ip(['-n', upNs, '-6', 'route', 'add', PLAT.prefix, 'dev', 'plat'])
+    await ip(['-n', upNs, '-4', 'route', 'add', PLAT.pool, 'dev', 'plat'])
+  }
+
   // --- upstream registration: dnsmasq hosts file + nftables set, kept equal ---------------------
   function writeHostsFile(): void {
     // One dhcp-host per registered MAC; "known" is what dhcp-ignore=tag:!known checks.
@@ -773,6 +807,7 @@ export async function createLab(opts: LabOptions): Promise<Lab> {
       unregister: (mac) => setRegistered([mac], false),
       leases: async () => parseUpstreamLeases(readText(upLeases)),
       renumber6,
+      plat: opts.plat ? PLAT : undefined,
     },
     devices,
     client4: { ns: c4Ns, ip: '198.18.0.10' },
@@ -886,6 +921,7 @@ export async function createLab(opts: LabOptions): Promise<Lab> {
     firewallUp = true
 
     await startUpstreamDnsmasq(UP_PREFIX6_BASE)
+    if (opts.plat) await startPlat()
     const upReady = join(dir, 'upstream-http.ready')
     const upHttp = startDaemon(upNs, process.execPath, [SERVICES, 'upstream', '--log', join(dir, 'upstream-http.peers'), '--ready', upReady], {
       log: join(dir, 'upstream-http.log'),

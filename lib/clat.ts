@@ -1,0 +1,45 @@
+// 464XLAT's customer-side translator (CLAT, RFC 6877) for an IPv6-only upstream, as pure rules: each device's
+// IPv4 traffic is translated to IPv6 with a source address of the device's own (its CLAT address, in the
+// upstream /64, answered for by the device's macvlan through proxy NDP) and a destination under the
+// upstream's NAT64 prefix (the PLAT). One tayga translates for every device with a `map` line each.
+import { createHash } from 'node:crypto'
+import { formatIpv6, parseIpv6 } from './ipv6.ts'
+import { normalizeMac } from './mac.ts'
+
+export const CLAT_TUN = 'dgclat'
+/** tayga's own IPv4 address on the CLAT side: RFC 7335 sets 192.0.0.0/29 aside for exactly this. */
+export const CLAT_IPV4 = '192.0.0.1'
+/** IPv4 over the CLAT costs 20 bytes of header: forwarded packets are held to this, so a 1500-byte WAN fits. */
+export const CLAT_MTU = 1480
+
+/**
+ * The CLAT address of `mac` in an upstream /64: a stable interface identifier hashed from the MAC, distinct
+ * from its EUI-64 SLAAC address (which the macvlan holds and the kernel would answer locally).
+ */
+export function clatAddress(prefix64: string, mac: string): string {
+  const [net, len] = prefix64.split('/')
+  const bytes = parseIpv6(net)
+  const m = normalizeMac(mac)
+  if (!bytes || len !== '64' || !m) throw new Error(`no CLAT address for ${mac} in ${prefix64}`)
+  const iid = createHash('sha256').update(`dualgate clat ${m}`).digest().subarray(0, 8)
+  // The universal/local bit cleared (RFC 7136 leaves IIDs opaque, but this keeps it off EUI-64's space).
+  iid[0] &= 0xfd
+  bytes.set(iid, 8)
+  return formatIpv6(bytes)
+}
+
+export interface ClatMap { lanIpv4: string; clatIpv6: string }
+
+/** tayga's config for the CLAT: its own addresses, the PLAT prefix, one static map per device. */
+export function clatConfig(s: { prefix: string; ipv6Addr: string; dataDir: string; maps: ClatMap[] }): string {
+  return [
+    '# Written by dualgate (lib/clat.ts) when its runner starts the CLAT; edits are overwritten.',
+    `tun-device ${CLAT_TUN}`,
+    `ipv4-addr ${CLAT_IPV4}`,
+    `ipv6-addr ${s.ipv6Addr}`,
+    `prefix ${s.prefix}`,
+    `data-dir ${s.dataDir}`,
+    ...[...s.maps].sort((a, b) => a.lanIpv4.localeCompare(b.lanIpv4)).map((m) => `map ${m.lanIpv4} ${m.clatIpv6}`),
+    '',
+  ].join('\n')
+}
