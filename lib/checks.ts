@@ -25,7 +25,7 @@ export interface FixOutcome {
 /** In running order: later checks read what earlier ones may repair (the store first). */
 export const CHECK_IDS = [
   'clock', 'node', 'tools', 'disk', 'store', 'lan-link', 'wan-link', 'lan-address', 'upstream', 'forwarding', 'wan-sysctls',
-  'dnsmasq', 'dnsmasq-hook', 'nft', 'macvlans', 'dhcp-clients', 'runner', 'api', 'relay', 'nat64',
+  'dnsmasq', 'dnsmasq-hook', 'nft', 'macvlans', 'dhcp-clients', 'runner', 'api', 'relay', 'nat64', 'clat',
 ] as const
 export type CheckId = (typeof CHECK_IDS)[number]
 
@@ -172,4 +172,16 @@ export function checkNat64(s: { enabled: boolean; available: boolean; version?: 
   if (!s.available) return fail('nat64', `enabled but not available: ${s.problems.join('; ')}`)
   if (pid) return pass('nat64', `${tayga} running (pid ${pid}): devices at ${s.prefix} <-> pool ${s.pool}`)
   return runnerUp ? fail('nat64', `enabled, but tayga is not running`, 'restart the runner, which supervises tayga') : warn('nat64', 'enabled; tayga starts with the runner, which is down')
+}
+
+/**
+ * 464XLAT: off; on but with nothing to do (and why); or translating `devices`, which needs the CLAT's tayga
+ * (`pid`) while the runner that supervises it is up.
+ */
+export function checkClat(s: { enabled: boolean; prefix: string; idle?: string; devices: number }, pid: number | undefined, runnerUp: boolean): Check {
+  if (!s.enabled) return pass('clat', 'off')
+  if (s.idle?.startsWith('tayga is not installed') || s.idle?.startsWith('/dev/net/tun')) return fail('clat', `enabled, but ${s.idle}`)
+  if (s.idle) return pass('clat', `on, idle: ${s.idle}`)
+  if (pid) return pass('clat', `tayga running (pid ${pid}): ${s.devices} devices' IPv4 toward the NAT64 at ${s.prefix}`)
+  return runnerUp ? fail('clat', `enabled for ${s.devices} devices, but its tayga is not running`, 'restart the runner, which supervises it') : warn('clat', 'enabled; its tayga starts with the runner, which is down')
 }

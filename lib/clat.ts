@@ -3,8 +3,11 @@
 // upstream /64, answered for by the device's macvlan through proxy NDP) and a destination under the
 // upstream's NAT64 prefix (the PLAT). One tayga translates for every device with a `map` line each.
 import { createHash } from 'node:crypto'
+import type { Config } from './config.ts'
+import { isIpv4 } from './ipv4.ts'
 import { formatIpv6, parseIpv6 } from './ipv6.ts'
-import { normalizeMac } from './mac.ts'
+import { macvlanName, normalizeMac } from './mac.ts'
+import type { Data } from './schema.ts'
 
 export const CLAT_TUN = 'dgclat'
 /** tayga's own IPv4 address on the CLAT side: RFC 7335 sets 192.0.0.0/29 aside for exactly this. */
@@ -42,4 +45,29 @@ export function clatConfig(s: { prefix: string; ipv6Addr: string; dataDir: strin
     ...[...s.maps].sort((a, b) => a.lanIpv4.localeCompare(b.lanIpv4)).map((m) => `map ${m.lanIpv4} ${m.clatIpv6}`),
     '',
   ].join('\n')
+}
+
+export interface ClatDevice extends ClatMap { mac: string; table: number; ifname: string }
+
+export interface ClatPlan {
+  devices: ClatDevice[]
+  /** tayga's own IPv6 address (the router's CLAT address, proxied on the WAN port). */
+  routerAddress?: string
+  /** Why nobody is translated. */
+  idle?: string
+}
+
+/** What the CLAT should translate now: a pure function of the store, the config and what the router has. */
+export function clatPlan(data: Data, config: Config, has: { wanMac?: string; tayga: boolean; tun: boolean }): ClatPlan {
+  if (!config.clat) return { devices: [], idle: 'clat is off' }
+  if (data.upstream.dhcpv4 !== false || !data.upstream.ra) return { devices: [], idle: 'the upstream is not IPv6-only' }
+  const prefix = data.upstream.prefixes.find((p) => p.endsWith('/64'))
+  if (!prefix) return { devices: [], idle: 'the upstream advertises no /64 prefix' }
+  if (!has.tayga) return { devices: [], idle: 'tayga is not installed (package tayga)' }
+  if (!has.tun) return { devices: [], idle: '/dev/net/tun is missing (the TUN driver: kmod-tun on OpenWrt)' }
+  if (!has.wanMac) return { devices: [], idle: `${config.wanIf} has no MAC` }
+  const devices = Object.values(data.devices)
+    .filter((d) => d.status === 'active' && d.lanIpv4 && isIpv4(d.lanIpv4) && d.routeTable !== undefined && d.wanIpv6.length > 0)
+    .map((d) => ({ mac: d.mac, lanIpv4: d.lanIpv4!, clatIpv6: clatAddress(prefix, d.mac), table: d.routeTable!, ifname: d.ifname ?? macvlanName(d.mac) }))
+  return { devices, routerAddress: clatAddress(prefix, has.wanMac), idle: devices.length === 0 ? 'no active device' : undefined }
 }

@@ -6,9 +6,10 @@ import { access, constants, readdir, readFile, rename, statfs } from 'node:fs/pr
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import {
-  checkClock, checkDisk, checkForwarding, checkNat64, checkNode, checkWanSysctls, fail, macvlanDiff, MACVLAN_NAME, mapDifferences, pass, relayDiff, warn,
+  checkClat, checkClock, checkDisk, checkForwarding, checkNat64, checkNode, checkWanSysctls, fail, macvlanDiff, MACVLAN_NAME, mapDifferences, pass, relayDiff, warn,
   type Check, type CheckId, type DeviceView,
 } from './checks.ts'
+import { clatPlan } from './clat.ts'
 import { dhcpScripts, dnsmasqDropIn, findDnsmasq } from './dnsmasq.ts'
 import type { JobContext } from './job.ts'
 import { macvlanName } from './mac.ts'
@@ -17,7 +18,7 @@ import { clientPid, dhcp6Kind, stopClients } from './net/dhcp.ts'
 import { deleteLink, getLink, listLinks, sysctl, type LinkInfo } from './net/ip.ts'
 import { readMap, TABLE, tableDefinition } from './net/nft.ts'
 import { listRules, PREF_DEVICE, removeDeviceRoutes } from './net/route.ts'
-import { nat64Status, taygaPid } from './net/tayga.ts'
+import { findTayga, nat64Status, taygaPid, taygaSearchPath } from './net/tayga.ts'
 import { probeUpstream } from './net/upstream.ts'
 import { HOOKS_DIR } from './paths.ts'
 import { dnsmasqServiceCommand, runnerServiceCommand, systemPath, type Platform } from './platform.ts'
@@ -228,7 +229,7 @@ const TOOLS: { any: string[]; args: string[]; pkg: string; when?: (env: DiagEnv)
   { any: ['odhcp6c', 'dhclient'], args: ['--version'], pkg: 'odhcp6c (OpenWrt) or isc-dhcp-client (Debian)' },
   { any: ['arping'], args: ['--help'], pkg: 'arping' },
   { any: ['rdisc6'], args: ['-V'], pkg: 'ndisc6' },
-  { any: ['tayga'], args: ['--help'], pkg: 'tayga', when: (env) => env.ctx.config.nat64 },
+  { any: ['tayga'], args: ['--help'], pkg: 'tayga', when: (env) => env.ctx.config.nat64 || env.ctx.config.clat },
 ]
 
 const tools: CheckFn = async (env) => {
@@ -582,6 +583,13 @@ export const CHECKS: Record<CheckId, CheckFn> = {
   nat64: async (env) => {
     const { config } = env.ctx
     return { check: checkNat64(nat64Status(config), taygaPid(config.runDir), runnerPid(config.dataDir) !== undefined) }
+  },
+  clat: async (env) => {
+    const { config, sh } = env.ctx
+    const data = (await env.store()).data
+    const has = { wanMac: (await getLink(sh, config.wanIf))?.mac, tayga: findTayga(taygaSearchPath()) !== undefined, tun: existsSync('/dev/net/tun') }
+    const plan = data ? clatPlan(data, config, has) : { idle: 'no readable store', devices: [] }
+    return { check: checkClat({ enabled: config.clat, prefix: config.clatPrefix, idle: plan.idle, devices: plan.devices.length }, taygaPid(config.runDir, 'clat'), runnerPid(config.dataDir) !== undefined) }
   },
 }
 

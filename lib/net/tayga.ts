@@ -30,7 +30,10 @@ export interface Nat64Probe {
   sysNet: string
 }
 
-const defaultProbe = (): Nat64Probe => ({ path: [process.env.PATH ?? '', ...SEARCH].join(':'), tunDevice: '/dev/net/tun', sysNet: '/sys/class/net' })
+/** Where tayga is looked for: $PATH, then the usual sbin directories (procd and cron give a short PATH). */
+export const taygaSearchPath = (): string => [process.env.PATH ?? '', ...SEARCH].join(':')
+
+const defaultProbe = (): Nat64Probe => ({ path: taygaSearchPath(), tunDevice: '/dev/net/tun', sysNet: '/sys/class/net' })
 
 export function findTayga(searchPath: string): string | undefined {
   for (const dir of searchPath.split(':').filter(Boolean)) {

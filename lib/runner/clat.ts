@@ -7,25 +7,19 @@
 import { existsSync, watch, type FSWatcher } from 'node:fs'
 import path from 'node:path'
 import type { ApiRoute } from '../api.ts'
-import { clatAddress, clatConfig, CLAT_MTU, CLAT_TUN, type ClatMap } from '../clat.ts'
+import { clatConfig, clatPlan, CLAT_MTU, CLAT_TUN, type ClatDevice, type ClatPlan } from '../clat.ts'
 import type { Config } from '../config.ts'
 import type { Sh } from '../exec.ts'
-import { isIpv4 } from '../ipv4.ts'
 import type { Logger } from '../log.ts'
-import { macvlanName } from '../mac.ts'
 import { getLink } from '../net/ip.ts'
 import { listRules, PREF_DEVICE } from '../net/route.ts'
-import { findTayga, runningConfig, startTayga, stopTayga, taygaFiles, taygaPid, waitForTun } from '../net/tayga.ts'
-import type { Data } from '../schema.ts'
+import { findTayga, runningConfig, startTayga, stopTayga, taygaFiles, taygaPid, taygaSearchPath, waitForTun } from '../net/tayga.ts'
 import type { Store } from '../store.ts'
 
 const NAME = 'clat'
 const CHECK_MS = 5000
 const DEBOUNCE_MS = 100
 const TUN_WAIT_MS = 3000
-const SEARCH = ['/usr/sbin', '/sbin', '/usr/local/sbin', '/usr/bin', '/bin']
-
-export interface ClatDevice extends ClatMap { mac: string; table: number; ifname: string }
 
 export interface ClatState {
   enabled: boolean
@@ -48,25 +42,7 @@ export interface Clat {
   close(): Promise<void>
 }
 
-interface Plan { devices: ClatDevice[]; routerAddress?: string; idle?: string }
-
-/** What the CLAT should translate now, from the store: a pure function of the data and the WAN MAC. */
-export function clatPlan(data: Data, config: Config, wanMac: string | undefined, taygaFound: boolean): Plan {
-  if (!config.clat) return { devices: [], idle: 'clat is off' }
-  if (data.upstream.dhcpv4 !== false || !data.upstream.ra) return { devices: [], idle: 'the upstream is not IPv6-only' }
-  const prefix = data.upstream.prefixes.find((p) => p.endsWith('/64'))
-  if (!prefix) return { devices: [], idle: 'the upstream advertises no /64 prefix' }
-  if (!taygaFound) return { devices: [], idle: 'tayga is not installed (package tayga)' }
-  if (!existsSync('/dev/net/tun')) return { devices: [], idle: '/dev/net/tun is missing (the TUN driver: kmod-tun on OpenWrt)' }
-  if (!wanMac) return { devices: [], idle: `${config.wanIf} has no MAC` }
-  const devices = Object.values(data.devices)
-    .filter((d) => d.status === 'active' && d.lanIpv4 && isIpv4(d.lanIpv4) && d.routeTable !== undefined && d.wanIpv6.length > 0)
-    .map((d) => ({ mac: d.mac, lanIpv4: d.lanIpv4!, clatIpv6: clatAddress(prefix, d.mac), table: d.routeTable!, ifname: d.ifname ?? macvlanName(d.mac) }))
-  return { devices, routerAddress: clatAddress(prefix, wanMac), idle: devices.length === 0 ? 'no active device' : undefined }
-}
-
 export function startClat(o: { store: Store; config: () => Config; sh: Sh; log: () => Logger }): Clat {
-  const searchPath = () => [process.env.PATH ?? '', ...SEARCH].join(':')
   /** The tayga and config the plumbing was last laid for, and what it was laid for. */
   let applied: { key: string; devices: ClatDevice[]; routerAddress: string } | undefined
   let lastError: string | undefined
@@ -79,9 +55,9 @@ export function startClat(o: { store: Store; config: () => Config; sh: Sh; log: 
     lastError = message
   }
 
-  async function plan(config: Config): Promise<Plan> {
+  async function plan(config: Config): Promise<ClatPlan> {
     const wan = await getLink(o.sh, config.wanIf)
-    return clatPlan(await o.store.read(), config, wan?.mac, findTayga(searchPath()) !== undefined)
+    return clatPlan(await o.store.read(), config, { wanMac: wan?.mac, tayga: findTayga(taygaSearchPath()) !== undefined, tun: existsSync('/dev/net/tun') })
   }
 
   async function stop(config: Config, why: string): Promise<void> {
@@ -103,7 +79,7 @@ export function startClat(o: { store: Store; config: () => Config; sh: Sh; log: 
     }
   }
 
-  async function plumb(config: Config, p: Plan): Promise<void> {
+  async function plumb(config: Config, p: ClatPlan): Promise<void> {
     const v6 = await listRules(o.sh, 6)
     const v4 = await listRules(o.sh, 4)
     const has = (rules: typeof v6, src: string, table: number) => rules.some((r) => r.priority === PREF_DEVICE && r.src === src && r.table === String(table))
@@ -138,7 +114,7 @@ export function startClat(o: { store: Store; config: () => Config; sh: Sh; log: 
       pid = undefined
     }
     if (!pid) {
-      pid = await startTayga(o.sh, findTayga(searchPath())!, config.runDir, text, NAME)
+      pid = await startTayga(o.sh, findTayga(taygaSearchPath())!, config.runDir, text, NAME)
       if (pid === undefined) return
       if (!(await waitForTun(pid, TUN_WAIT_MS, CLAT_TUN))) return problem(`tayga (pid ${pid}) did not create ${CLAT_TUN}; see ${taygaFiles(config.runDir, NAME).logFile}`)
       o.log().info(`clat: tayga (pid ${pid}) translating ${p.devices.length} devices toward ${config.clatPrefix} on ${CLAT_TUN}`)

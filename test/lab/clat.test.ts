@@ -4,6 +4,7 @@
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import type { DiagnoseResult } from '../../jobs/diagnose.ts'
 import type { PruneResult } from '../../jobs/prune-stale.ts'
 import { clatAddress } from '../../lib/clat.ts'
 import { inPrefix6 } from '../../lib/ipv6.ts'
@@ -69,7 +70,24 @@ describe.skipIf(!isRoot())('464XLAT (CLAT) on an IPv6-only upstream with NAT64 (
       pools.push(pool!)
     }
     expect(new Set(pools).size).toBe(2)
+    const diag = await runJob<DiagnoseResult>(lab, 'diagnose', [], env)
+    expect(diag.result.checks.find((c) => c.id === 'clat')).toMatchObject({ status: 'pass', reason: expect.stringContaining(`pid ${state.pid}`) })
   })
+
+  it('restarts its tayga when it dies, and diagnose fails while it is gone', async () => {
+    const before = await clat()
+    process.kill(before.pid!, 'SIGKILL')
+    const diag = await runJob<DiagnoseResult>(lab, 'diagnose', [], env)
+    const check = diag.result.checks.find((c) => c.id === 'clat')!
+    // Either caught in the gap, or already restarted by the runner's 5 s pass: never a pass for the dead PID.
+    expect(check.reason).not.toContain(`pid ${before.pid}`)
+    const after = await until('CLAT back with a new tayga', 15_000, async () => {
+      const s = await clat()
+      return s.running && s.pid !== before.pid && s.devices.length === 2 ? s : undefined
+    })
+    expect(after.devices.map((d) => d.clatIpv6).sort()).toEqual(before.devices.map((d) => d.clatIpv6).sort())
+    expect(await until('device 0 through the new tayga', 10_000, async () => page(0).catch(() => undefined))).toMatch(/you are /)
+  }, 40_000)
 
   it('after a prune only the remaining device is translated, and it keeps working', async () => {
     const gone = lab.devices[1]

@@ -1,11 +1,11 @@
 // 464XLAT's pure parts: CLAT addresses, tayga's config, the translation prefix check, and the plan the
 // runner derives from the store (who is translated, and why nobody is).
 import { describe, expect, it } from 'vitest'
-import { clatAddress, clatConfig } from '../../lib/clat.ts'
+import { clatAddress, clatConfig, clatPlan } from '../../lib/clat.ts'
 import { ConfigError, loadConfig } from '../../lib/config.ts'
 import { inPrefix6 } from '../../lib/ipv6.ts'
 import { nat64PrefixError, prefix96Error } from '../../lib/nat64.ts'
-import { clatPlan } from '../../lib/runner/clat.ts'
+import { checkClat } from '../../lib/checks.ts'
 import { parseData, type Data } from '../../lib/schema.ts'
 
 const PREFIX = '2001:db8:1::/64'
@@ -67,7 +67,7 @@ describe('translation prefixes', () => {
 
 describe('the CLAT plan', () => {
   it('translates every active device with a LAN IPv4, a table and a WAN IPv6, with its own address', () => {
-    const p = clatPlan(data({ devices: [[A, {}], [B, {}], ['02:aa:bb:cc:dd:03', { status: 'failed' }], ['02:aa:bb:cc:dd:04', { wanIpv6: [] }]] }), config(), '02:00:00:00:00:01', true)
+    const p = clatPlan(data({ devices: [[A, {}], [B, {}], ['02:aa:bb:cc:dd:03', { status: 'failed' }], ['02:aa:bb:cc:dd:04', { wanIpv6: [] }]] }), config(), { wanMac: '02:00:00:00:00:01', tayga: true, tun: true })
     expect(p.idle).toBeUndefined()
     expect(p.devices.map((d) => [d.mac, d.lanIpv4, d.clatIpv6, d.table, d.ifname])).toEqual([
       [A, '192.168.1.20', clatAddress(PREFIX, A), 1000, 'dg02aabbccdd01'],
@@ -82,7 +82,21 @@ describe('the CLAT plan', () => {
     ['tayga is not installed (package tayga)', data(), {}, false],
     ['no active device', data({ devices: [] }), {}, true],
   ] as const)('translates nobody when %s', (why, d, env, tayga) => {
-    const p = clatPlan(d, config(env), '02:00:00:00:00:01', tayga)
+    const p = clatPlan(d, config(env), { wanMac: '02:00:00:00:00:01', tayga, tun: true })
     expect(p).toMatchObject({ devices: [], idle: why })
+  })
+})
+
+describe('the clat check', () => {
+  const s = (o: Partial<Parameters<typeof checkClat>[0]> = {}) => ({ enabled: true, prefix: '64:ff9b::/96', devices: 2, ...o })
+  it('passes when off, idle for a reason, or translating with tayga running', () => {
+    expect(checkClat(s({ enabled: false }), undefined, true)).toMatchObject({ status: 'pass', reason: 'off' })
+    expect(checkClat(s({ idle: 'the upstream is not IPv6-only', devices: 0 }), undefined, true)).toMatchObject({ status: 'pass', reason: 'on, idle: the upstream is not IPv6-only' })
+    expect(checkClat(s(), 1234, true)).toMatchObject({ status: 'pass', reason: expect.stringContaining('pid 1234') })
+  })
+  it('fails without tayga, or when the runner is up and tayga is not; warns while the runner is down', () => {
+    expect(checkClat(s({ idle: 'tayga is not installed (package tayga)', devices: 0 }), undefined, true).status).toBe('fail')
+    expect(checkClat(s(), undefined, true)).toMatchObject({ status: 'fail', fix: expect.stringContaining('restart the runner') })
+    expect(checkClat(s(), undefined, false).status).toBe('warn')
   })
 })
