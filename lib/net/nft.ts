@@ -1,10 +1,11 @@
 // The project's own nftables table. It is declared whole here; what changes at run time are the elements
 // of its maps and sets, reconciled by difference, so a new device or forward never rebuilds the rules and
 // teardown is exact. The table survives firewall4 reloads (fw4 only replaces `inet fw4`).
+import { CLAT_MTU, CLAT_TUN } from '../clat.ts'
 import type { Sh } from '../exec.ts'
 
 export const TABLE = 'dualgate'
-const VERSION = 1
+const VERSION = 2
 
 export interface TableOptions {
   /** "all" or a port list: which ports of a device's WAN IPv4 reach the device. */
@@ -53,6 +54,9 @@ function nat64Rules(o: TableOptions): { postrouting: string[]; chains: string } 
 export function tableDefinition(o: TableOptions): string {
   const ports = o.dnatPorts === 'all' ? '' : `meta l4proto { tcp, udp } th dport { ${o.dnatPorts} } `
   const nat64 = nat64Rules(o)
+  // 464XLAT (lib/clat.ts) carries IPv4 at CLAT_MTU: a device's TCP connections through it are held to that
+  // from their SYN (the server answers with no more), since many small devices never do path MTU discovery.
+  const mss = CLAT_MTU - 40
   return `table inet ${TABLE} {
   comment "${stamp(o)}"
   map dev_snat4 { type ipv4_addr : ipv4_addr; }
@@ -68,6 +72,10 @@ export function tableDefinition(o: TableOptions): string {
     oifname "dg*" snat ip to ip saddr map @dev_snat4
     oifname "${o.lanIf}" ct status dnat ip saddr ${o.lanNet} ip daddr ${o.lanNet} masquerade${nat64.postrouting.map((r) => `\n    ${r}`).join('')}
   }${nat64.chains}
+  chain clat_mss {
+    type filter hook forward priority mangle; policy accept;
+    oifname "${CLAT_TUN}" tcp flags syn / syn,rst tcp option maxseg size > ${mss} counter tcp option maxseg size set ${mss}
+  }
 }
 `
 }

@@ -70,6 +70,9 @@ describe.skipIf(!isRoot())('464XLAT (CLAT) on an IPv6-only upstream with NAT64 (
       pools.push(pool!)
     }
     expect(new Set(pools).size).toBe(2)
+    // TCP through the CLAT is held to its MTU from the devices' SYNs on.
+    const mss = (await lab.exec(lab.router.ns, 'nft', ['list', 'chain', 'inet', 'dualgate', 'clat_mss'])).stdout
+    expect(Number(/oifname "dgclat" .* counter packets (\d+)/.exec(mss)?.[1]), mss).toBeGreaterThanOrEqual(2)
     const diag = await runJob<DiagnoseResult>(lab, 'diagnose', [], env)
     expect(diag.result.checks.find((c) => c.id === 'clat')).toMatchObject({ status: 'pass', reason: expect.stringContaining(`pid ${state.pid}`) })
   })

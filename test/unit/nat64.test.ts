@@ -165,14 +165,14 @@ describe('the nft table with NAT64', () => {
 
   it('is unchanged while NAT64 is off', () => {
     const text = tableDefinition(base)
-    expect(text).toContain('comment "dualgate v1 dnat=all lan=eth1,198.19.0.0/24"')
+    expect(text).toContain('comment "dualgate v2 dnat=all lan=eth1,198.19.0.0/24"')
     expect(text).not.toContain('dgnat64')
     expect(text).not.toContain('chain forward')
   })
 
   it('masquerades toward the LAN and keeps tayga to the LAN, under a stamp of its own', () => {
     const text = tableDefinition({ ...base, nat64: 'dgnat64' })
-    expect(text).toContain('comment "dualgate v1 dnat=all lan=eth1,198.19.0.0/24 nat64=dgnat64"')
+    expect(text).toContain('comment "dualgate v2 dnat=all lan=eth1,198.19.0.0/24 nat64=dgnat64"')
     expect(text).toContain('iifname "dgnat64" oifname "eth1" masquerade')
     expect(text).toContain('iifname "dgnat64" meta nfproto ipv4 oifname != "eth1" drop')
     expect(text).toContain('oifname "dgnat64" meta nfproto ipv4 iifname != "eth1" drop')
