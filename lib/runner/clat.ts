@@ -4,8 +4,7 @@
 // route from that address into the TUN, its LAN IPv4 routed into the TUN from its own table, and the CLAT
 // address routed out through its own table (so the translated packets leave from its macvlan). tayga cannot
 // reload, so a change in the set of devices restarts it; its TUN and the routes through it go and come back.
-import { existsSync, watch, type FSWatcher } from 'node:fs'
-import path from 'node:path'
+import { existsSync } from 'node:fs'
 import type { ApiRoute } from '../api.ts'
 import { clatConfig, clatPlan, CLAT_MTU, CLAT_TUN, type ClatDevice, type ClatPlan } from '../clat.ts'
 import type { Config } from '../config.ts'
@@ -15,10 +14,10 @@ import { getLink } from '../net/ip.ts'
 import { listRules, PREF_DEVICE } from '../net/route.ts'
 import { findTayga, runningConfig, startTayga, stopTayga, taygaFiles, taygaPid, taygaSearchPath, waitForTun } from '../net/tayga.ts'
 import type { Store } from '../store.ts'
+import { watchStore } from './store-watch.ts'
 
 const NAME = 'clat'
 const CHECK_MS = 5000
-const DEBOUNCE_MS = 100
 const TUN_WAIT_MS = 3000
 
 export interface ClatState {
@@ -142,17 +141,7 @@ export function startClat(o: { store: Store; config: () => Config; sh: Sh; log: 
     }
   }
 
-  let debounce: NodeJS.Timeout | undefined
-  let watcher: FSWatcher | undefined
-  try {
-    watcher = watch(path.dirname(o.store.file), { persistent: false }, (_type, name) => {
-      if (name !== path.basename(o.store.file)) return
-      clearTimeout(debounce)
-      debounce = setTimeout(() => void reconcile(), DEBOUNCE_MS)
-    })
-  } catch {
-    // Without inotify the periodic pass still follows the store, only later.
-  }
+  const unwatch = watchStore(o.store.file, () => void reconcile())
   const periodic = setInterval(() => void reconcile(), CHECK_MS)
   periodic.unref()
   void reconcile()
@@ -167,8 +156,7 @@ export function startClat(o: { store: Store; config: () => Config; sh: Sh; log: 
     },
     async close() {
       closed = true
-      watcher?.close()
-      clearTimeout(debounce)
+      unwatch()
       clearInterval(periodic)
       await busy
       const config = o.config()

@@ -1,8 +1,6 @@
 // The relay inside the runner: one process for every IPv6-to-IPv4 listener. Its rules are a pure function of
 // the store (lib/relay-plan.ts); it reconciles when the store file is replaced, and every few seconds so
 // that a listener whose address was not configured yet (EADDRNOTAVAIL) is retried.
-import { watch, type FSWatcher } from 'node:fs'
-import path from 'node:path'
 import type { ApiRoute } from '../api.ts'
 import type { Config } from '../config.ts'
 import type { Sh } from '../exec.ts'
@@ -11,9 +9,9 @@ import { getLink } from '../net/ip.ts'
 import { relayRules } from '../relay-plan.ts'
 import { createRelay, ruleKey, type ApplyResult, type RelayRule, type RelayStats } from '../relay.ts'
 import type { Store } from '../store.ts'
+import { watchStore } from './store-watch.ts'
 
 const RETRY_MS = 5000
-const DEBOUNCE_MS = 100
 
 export interface Exposure {
   reconcile(): Promise<ApplyResult>
@@ -57,17 +55,7 @@ export function startExposure(o: { store: Store; config: () => Config; sh: Sh; l
   }
 
   const kick = () => void reconcile().catch((err) => o.log().error(`relay: ${(err as Error).message}`))
-  let timer: NodeJS.Timeout | undefined
-  let watcher: FSWatcher | undefined
-  try {
-    watcher = watch(path.dirname(o.store.file), { persistent: false }, (_type, name) => {
-      if (name !== path.basename(o.store.file)) return
-      clearTimeout(timer)
-      timer = setTimeout(kick, DEBOUNCE_MS)
-    })
-  } catch {
-    // Without inotify the periodic pass below still follows the store, only later.
-  }
+  const unwatch = watchStore(o.store.file, kick)
   const periodic = setInterval(kick, RETRY_MS)
   periodic.unref()
   kick()
@@ -76,8 +64,7 @@ export function startExposure(o: { store: Store; config: () => Config; sh: Sh; l
     reconcile,
     state: () => ({ rules: relay.list(), failed, stats: relay.stats() }),
     async close() {
-      watcher?.close()
-      clearTimeout(timer)
+      unwatch()
       clearInterval(periodic)
       await relay.close()
     },
