@@ -11,6 +11,7 @@ import { defineJob, runMain, type Payload } from '../lib/job.ts'
 import { requireInterfaces } from '../lib/lan.ts'
 import { addDeviceNat, syncNat } from '../lib/nat.ts'
 import { listLinks } from '../lib/net/ip.ts'
+import { discoverPref64 } from '../lib/net/pref64.ts'
 import { ensureLanRule } from '../lib/net/route.ts'
 import { probeUpstream, type Offer } from '../lib/net/upstream.ts'
 import type { Data, Device } from '../lib/schema.ts'
@@ -62,10 +63,13 @@ const job = defineJob({
     await syncNat(ctx, before)
     const offer = await probeUpstream(sh, config.wanIf)
     result.offer = offer
+    // Where the devices' IPv4 must go through the upstream's NAT64 (lib/clat.ts), ask its DNS64 where that is.
+    const pref64 = !offer.dhcpv4 && offer.ra ? await discoverPref64(offer.dns6) : undefined
+    if (pref64 && pref64 !== before.upstream.pref64) log.info(`upstream NAT64 prefix ${pref64} (from its DNS64, RFC 7050)`)
     const now = new Date()
     const prefixChanged = before.upstream.prefixes.length > 0 && offer.prefixes.join() !== before.upstream.prefixes.join()
     await store.update((d) => {
-      Object.assign(d.upstream, { checkedAt: now.toISOString(), dhcpv4: offer.dhcpv4, ra: offer.ra, dhcpv6: offer.dhcpv6, prefixes: offer.prefixes })
+      Object.assign(d.upstream, { checkedAt: now.toISOString(), dhcpv4: offer.dhcpv4, ra: offer.ra, dhcpv6: offer.dhcpv6, prefixes: offer.prefixes, pref64 })
       // Once per change: the prefixes are recorded in the same write, so the next run sees no change.
       if (prefixChanged) for (const dev of Object.values(d.devices)) if (dev.status === 'active' && dev.wanIpv6.length > 0) dev.reacquire = true
     })

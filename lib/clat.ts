@@ -7,6 +7,7 @@ import type { Config } from './config.ts'
 import { isIpv4 } from './ipv4.ts'
 import { formatIpv6, parseIpv6 } from './ipv6.ts'
 import { macvlanName, normalizeMac } from './mac.ts'
+import { WELL_KNOWN_PREFIX } from './nat64.ts'
 import type { Data } from './schema.ts'
 
 export const CLAT_TUN = 'dgclat'
@@ -50,6 +51,8 @@ export function clatConfig(s: { prefix: string; ipv6Addr: string; dataDir: strin
 export interface ClatDevice extends ClatMap { mac: string; table: number; ifname: string }
 
 export interface ClatPlan {
+  /** The NAT64 prefix translated toward: clatPrefix, or for "auto" the upstream's (RFC 7050) or the WKP. */
+  prefix: string
   devices: ClatDevice[]
   /** tayga's own IPv6 address (the router's CLAT address, proxied on the WAN port). */
   routerAddress?: string
@@ -59,15 +62,17 @@ export interface ClatPlan {
 
 /** What the CLAT should translate now: a pure function of the store, the config and what the router has. */
 export function clatPlan(data: Data, config: Config, has: { wanMac?: string; tayga: boolean; tun: boolean }): ClatPlan {
-  if (!config.clat) return { devices: [], idle: 'clat is off' }
-  if (data.upstream.dhcpv4 !== false || !data.upstream.ra) return { devices: [], idle: 'the upstream is not IPv6-only' }
-  const prefix = data.upstream.prefixes.find((p) => p.endsWith('/64'))
-  if (!prefix) return { devices: [], idle: 'the upstream advertises no /64 prefix' }
-  if (!has.tayga) return { devices: [], idle: 'tayga is not installed (package tayga)' }
-  if (!has.tun) return { devices: [], idle: '/dev/net/tun is missing (the TUN driver: kmod-tun on OpenWrt)' }
-  if (!has.wanMac) return { devices: [], idle: `${config.wanIf} has no MAC` }
+  const prefix = config.clatPrefix === 'auto' ? (data.upstream.pref64 ?? WELL_KNOWN_PREFIX) : config.clatPrefix
+  const idle = (why: string): ClatPlan => ({ prefix, devices: [], idle: why })
+  if (!config.clat) return idle('clat is off')
+  if (data.upstream.dhcpv4 !== false || !data.upstream.ra) return idle('the upstream is not IPv6-only')
+  const prefix64 = data.upstream.prefixes.find((p) => p.endsWith('/64'))
+  if (!prefix64) return idle('the upstream advertises no /64 prefix')
+  if (!has.tayga) return idle('tayga is not installed (package tayga)')
+  if (!has.tun) return idle('/dev/net/tun is missing (the TUN driver: kmod-tun on OpenWrt)')
+  if (!has.wanMac) return idle(`${config.wanIf} has no MAC`)
   const devices = Object.values(data.devices)
     .filter((d) => d.status === 'active' && d.lanIpv4 && isIpv4(d.lanIpv4) && d.routeTable !== undefined && d.wanIpv6.length > 0)
-    .map((d) => ({ mac: d.mac, lanIpv4: d.lanIpv4!, clatIpv6: clatAddress(prefix, d.mac), table: d.routeTable!, ifname: d.ifname ?? macvlanName(d.mac) }))
-  return { devices, routerAddress: clatAddress(prefix, has.wanMac), idle: devices.length === 0 ? 'no active device' : undefined }
+    .map((d) => ({ mac: d.mac, lanIpv4: d.lanIpv4!, clatIpv6: clatAddress(prefix64, d.mac), table: d.routeTable!, ifname: d.ifname ?? macvlanName(d.mac) }))
+  return { prefix, devices, routerAddress: clatAddress(prefix64, has.wanMac), idle: devices.length === 0 ? 'no active device' : undefined }
 }

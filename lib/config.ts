@@ -71,8 +71,11 @@ const spec = {
    * CLAT address of the device's own, toward the upstream's NAT64 at clatPrefix. Needs tayga.
    */
   clat: [bool, false],
-  /** The upstream's NAT64 (PLAT) prefix: the Well-Known Prefix unless the network says otherwise. */
-  clatPrefix: [checked(prefix96Error), '64:ff9b::/96'],
+  /**
+   * The upstream's NAT64 (PLAT) /96. "auto": what its DNS64 reports for ipv4only.arpa (RFC 7050), else the
+   * Well-Known Prefix 64:ff9b::/96.
+   */
+  clatPrefix: [checked((v) => (v === 'auto' ? undefined : prefix96Error(v))), 'auto'],
   /** Prefix for the system files diagnose and install read and change (/etc/...); tests use a fake root. */
   rootDir: [z.string().min(1), '/'],
   /** openwrt or debian; auto: openwrt when <rootDir>/etc/openwrt_release exists. */

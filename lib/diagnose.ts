@@ -325,8 +325,7 @@ const upstream: CheckFn = async (env) => {
   ]
   if (!offer.dhcpv4 && !offer.ra) return { check: fail('upstream', `the upstream offers nothing: ${parts.join('; ')}`) }
   if (!offer.dhcpv4) {
-    const { clat, clatPrefix } = env.ctx.config
-    if (clat) return { check: pass('upstream', `${parts.join('; ')}: IPv6-only upstream; devices' own IPv4 goes through 464XLAT toward the NAT64 at ${clatPrefix} (GET /clat)`) }
+    if (env.ctx.config.clat) return { check: pass('upstream', `${parts.join('; ')}: IPv6-only upstream; devices' own IPv4 goes through 464XLAT (GET /clat)`) }
     // Said plainly, because it is what a person on an IPv6-only upstream needs to know.
     return { check: warn('upstream', `${parts.join('; ')}: IPv6-only upstream. Devices get their own IPv6 identity and are reachable through the relay and NAT64, but their own outbound IPv4 has no path`, 'set clat 1 (464XLAT; needs tayga, and a NAT64 upstream at clatPrefix)') }
   }
@@ -588,8 +587,8 @@ export const CHECKS: Record<CheckId, CheckFn> = {
     const { config, sh } = env.ctx
     const data = (await env.store()).data
     const has = { wanMac: (await getLink(sh, config.wanIf))?.mac, tayga: findTayga(taygaSearchPath()) !== undefined, tun: existsSync('/dev/net/tun') }
-    const plan = data ? clatPlan(data, config, has) : { idle: 'no readable store', devices: [] }
-    return { check: checkClat({ enabled: config.clat, prefix: config.clatPrefix, idle: plan.idle, devices: plan.devices.length }, taygaPid(config.runDir, 'clat'), runnerPid(config.dataDir) !== undefined) }
+    const plan = data ? clatPlan(data, config, has) : { prefix: config.clatPrefix, idle: 'no readable store', devices: [] }
+    return { check: checkClat({ enabled: config.clat, prefix: plan.prefix, idle: plan.idle, devices: plan.devices.length }, taygaPid(config.runDir, 'clat'), runnerPid(config.dataDir) !== undefined) }
   },
 }
 

@@ -59,6 +59,8 @@ export const upstreamSchema = z.object({
   ra: z.boolean().optional(),
   dhcpv6: z.boolean().optional(),
   prefixes: z.array(z.string()).default([]),
+  /** The NAT64 prefix the upstream's DNS64 reported (RFC 7050), on an IPv6-only upstream. */
+  pref64: z.string().optional(),
 })
 
 export const dataSchema = z.object({

@@ -5,7 +5,16 @@
 import type { Sh } from '../exec.ts'
 import { getLink } from './ip.ts'
 
-export interface Offer { dhcpv4: boolean; ra: boolean; dhcpv6: boolean; slaac: boolean; prefixes: string[]; gateway6?: string }
+export interface Offer {
+  dhcpv4: boolean
+  ra: boolean
+  dhcpv6: boolean
+  slaac: boolean
+  prefixes: string[]
+  gateway6?: string
+  /** Recursive DNS servers the RA names (RFC 8106): where the NAT64 prefix is asked for (lib/net/pref64.ts). */
+  dns6: string[]
+}
 
 export function parseRdisc6(text: string): Omit<Offer, 'dhcpv4'> {
   const flag = (label: string) => new RegExp(`${label}\\s*:\\s*Yes`).test(text)
@@ -19,7 +28,8 @@ export function parseRdisc6(text: string): Omit<Offer, 'dhcpv4'> {
   }
   const gateway6 = /^ from ([0-9a-f:]+)/im.exec(text)?.[1]
   const ra = gateway6 !== undefined
-  return { ra, dhcpv6: ra && flag('Stateful address conf\\.'), slaac, prefixes, gateway6 }
+  const dns6 = [...text.matchAll(/^ Recursive DNS server\s*:\s*([0-9a-f:]+)\s*$/gim)].map((m) => m[1].toLowerCase())
+  return { ra, dhcpv6: ra && flag('Stateful address conf\\.'), slaac, prefixes, gateway6, dns6 }
 }
 
 export async function probeUpstream(sh: Sh, wanIf: string): Promise<Offer> {

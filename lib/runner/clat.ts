@@ -106,7 +106,7 @@ export function startClat(o: { store: Store; config: () => Config; sh: Sh; log: 
       if (running || applied) await stop(config, p.idle ?? 'nothing to translate')
       return
     }
-    const text = clatConfig({ prefix: config.clatPrefix, ipv6Addr: p.routerAddress, dataDir: taygaFiles(config.runDir, NAME).dataDir, maps: p.devices })
+    const text = clatConfig({ prefix: p.prefix, ipv6Addr: p.routerAddress, dataDir: taygaFiles(config.runDir, NAME).dataDir, maps: p.devices })
     let pid = running
     if (pid && runningConfig(config.runDir, NAME) !== text) {
       await stop(config, 'devices or settings changed')
@@ -116,7 +116,7 @@ export function startClat(o: { store: Store; config: () => Config; sh: Sh; log: 
       pid = await startTayga(o.sh, findTayga(taygaSearchPath())!, config.runDir, text, NAME)
       if (pid === undefined) return
       if (!(await waitForTun(pid, TUN_WAIT_MS, CLAT_TUN))) return problem(`tayga (pid ${pid}) did not create ${CLAT_TUN}; see ${taygaFiles(config.runDir, NAME).logFile}`)
-      o.log().info(`clat: tayga (pid ${pid}) translating ${p.devices.length} devices toward ${config.clatPrefix} on ${CLAT_TUN}`)
+      o.log().info(`clat: tayga (pid ${pid}) translating ${p.devices.length} devices toward ${p.prefix} on ${CLAT_TUN}`)
     }
     const key = `${pid}\n${text}`
     if (applied?.key === key) return
@@ -152,7 +152,8 @@ export function startClat(o: { store: Store; config: () => Config; sh: Sh; log: 
       const config = o.config()
       const pid = taygaPid(config.runDir, NAME)
       const now = pid !== undefined && applied?.key.startsWith(`${pid}\n`) ? applied : undefined
-      return { enabled: config.clat, idle: (await plan(config)).idle, prefix: config.clatPrefix, running: now !== undefined, pid, routerAddress: now?.routerAddress, lastError, devices: now?.devices ?? [] }
+      const p = await plan(config)
+      return { enabled: config.clat, idle: p.idle, prefix: p.prefix, running: now !== undefined, pid, routerAddress: now?.routerAddress, lastError, devices: now?.devices ?? [] }
     },
     async close() {
       closed = true

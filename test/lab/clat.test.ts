@@ -26,7 +26,8 @@ describe.skipIf(!isRoot())('464XLAT (CLAT) on an IPv6-only upstream with NAT64 (
   beforeAll(async () => {
     lab = await createLab({ mode: 'ipv6', devices: 2, plat: true })
     plat = lab.upstream.plat!
-    env = { DUALGATE_CLAT_PREFIX: plat.prefix }
+    // clatPrefix stays "auto": the upstream's DNS64 tells where its NAT64 is (RFC 7050).
+    env = {}
     expect((await runJob(lab, 'scan-arp', [], env)).code).toBe(0)
     const acquired = await runJob(lab, 'acquire-leases', [], env)
     expect(acquired.code, acquired.stderr).toBe(0)
@@ -55,6 +56,7 @@ describe.skipIf(!isRoot())('464XLAT (CLAT) on an IPv6-only upstream with NAT64 (
       return s.running && s.devices.length === 2 ? s : undefined
     })
     const prefix = lab.upstream.prefix6
+    expect(state.prefix).toBe(plat.prefix)
     const pools: string[] = []
     for (const [i, dev] of lab.devices.entries()) {
       const d = state.devices.find((x) => x.mac === dev.mac)!

@@ -578,8 +578,12 @@ export async function createLab(opts: LabOptions): Promise<Lab> {
 
   // Upstream dnsmasq: DHCPv4, DHCPv6 and RA (of the prefix `<base>/64`), registered MACs only.
   async function startUpstreamDnsmasq(base: string): Promise<void> {
+    // With a NAT64, the upstream is also its DNS64 as far as RFC 7050 goes: ipv4only.arpa under the prefix,
+    // and the RA names it as the DNS server (RDNSS).
+    const pref64 = PLAT.prefix.replace(/\/96$/, '')
+    const dns = opts.plat ? ['no-resolv', 'no-hosts', `host-record=ipv4only.arpa,${pref64}c000:aa,${pref64}c000:ab`, `dhcp-option=option6:dns-server,[${UP_V6}]`] : ['port=0']
     const upConf = [
-      'port=0',
+      ...dns,
       'interface=br0',
       'no-ping',
       'user=root',

@@ -6,6 +6,7 @@ import { ConfigError, loadConfig } from '../../lib/config.ts'
 import { inPrefix6 } from '../../lib/ipv6.ts'
 import { nat64PrefixError, prefix96Error } from '../../lib/nat64.ts'
 import { checkClat } from '../../lib/checks.ts'
+import { pref64From } from '../../lib/net/pref64.ts'
 import { parseData, type Data } from '../../lib/schema.ts'
 
 const PREFIX = '2001:db8:1::/64'
@@ -59,9 +60,30 @@ describe('translation prefixes', () => {
 
   it('is checked in the config, with the key and the reason', () => {
     expect(config({ DUALGATE_CLAT_PREFIX: '2001:db8:64::/96' }).clatPrefix).toBe('2001:db8:64::/96')
-    expect(config().clatPrefix).toBe('64:ff9b::/96')
+    expect(config().clatPrefix).toBe('auto')
     expect(() => config({ DUALGATE_CLAT_PREFIX: '2001:db8::/64' })).toThrow(ConfigError)
     expect(() => config({ DUALGATE_CLAT_PREFIX: '2001:db8::/64' })).toThrow(/clatPrefix.*\/96/)
+  })
+})
+
+describe('the NAT64 prefix from DNS64 (RFC 7050)', () => {
+  it('is what precedes 192.0.0.170 or .171 in the AAAA answers for ipv4only.arpa', () => {
+    expect(pref64From(['64:ff9b::c000:aa', '64:ff9b::c000:ab'])).toBe('64:ff9b::/96')
+    expect(pref64From(['2001:db8:64::192.0.0.171'])).toBe('2001:db8:64::/96')
+  })
+  it('is nothing when the answers carry no well-known address at a /96', () => {
+    expect(pref64From([])).toBeUndefined()
+    expect(pref64From(['2001:db8::1', 'not an address'])).toBeUndefined()
+    // RFC 6052 /64: the IPv4 address straddles the u octet; not a form tayga is given here.
+    expect(pref64From(['2001:db8:64:0:c0:0:aa00:0'])).toBeUndefined()
+  })
+  it('is used for "auto", with the Well-Known Prefix when the upstream reported none; a set prefix wins', () => {
+    const has = { wanMac: '02:00:00:00:00:01', tayga: true, tun: true }
+    const found = data()
+    found.upstream.pref64 = '2001:db8:64::/96'
+    expect(clatPlan(found, config(), has).prefix).toBe('2001:db8:64::/96')
+    expect(clatPlan(data(), config(), has).prefix).toBe('64:ff9b::/96')
+    expect(clatPlan(found, config({ DUALGATE_CLAT_PREFIX: '2001:db8:99::/96' }), has).prefix).toBe('2001:db8:99::/96')
   })
 })
 

@@ -104,9 +104,11 @@ Router lifetime           :         1800 (0x00000708) seconds
   Autonomous address conf.:          Yes
   Valid time              :         3600 (0x00000e10) seconds
  MTU                      :         1500 bytes (valid)
+ Recursive DNS server     : 2001:DB8:7::1
+  DNS server lifetime     :          600 (0x00000258) seconds
  from fe80::7001:1ff:fe70:bfc5
 `
-    expect(parseRdisc6(text)).toEqual({ ra: true, dhcpv6: true, slaac: true, prefixes: ['2001:db8:7::/64'], gateway6: 'fe80::7001:1ff:fe70:bfc5' })
-    expect(parseRdisc6('Soliciting ff02::2 (ff02::2) on eth0...\nTimed out.\n')).toEqual({ ra: false, dhcpv6: false, slaac: false, prefixes: [], gateway6: undefined })
+    expect(parseRdisc6(text)).toEqual({ ra: true, dhcpv6: true, slaac: true, prefixes: ['2001:db8:7::/64'], gateway6: 'fe80::7001:1ff:fe70:bfc5', dns6: ['2001:db8:7::1'] })
+    expect(parseRdisc6('Soliciting ff02::2 (ff02::2) on eth0...\nTimed out.\n')).toEqual({ ra: false, dhcpv6: false, slaac: false, prefixes: [], gateway6: undefined, dns6: [] })
   })
 })
