@@ -6,6 +6,9 @@ import type { Sh } from '../exec.ts'
 /** Rule priorities: LAN-internal traffic keeps the main table, then the per-device rules. */
 export const PREF_LAN = 1000
 export const PREF_DEVICE = 1100
+/** The CLAT's rules into a device's table (lib/runner/clat.ts): its own priority, so removing them never
+ * takes a rule of the device's IPv4 identity with them. */
+export const PREF_CLAT = 1101
 
 export interface DeviceRoutes {
   table: number

@@ -11,7 +11,7 @@ import type { Config } from '../config.ts'
 import type { Sh } from '../exec.ts'
 import type { Logger } from '../log.ts'
 import { getLink } from '../net/ip.ts'
-import { listRules, PREF_DEVICE } from '../net/route.ts'
+import { listRules, PREF_CLAT } from '../net/route.ts'
 import { findTayga, runningConfig, startTayga, stopTayga, taygaFiles, taygaPid, taygaSearchPath, waitForTun } from '../net/tayga.ts'
 import type { Store } from '../store.ts'
 import { watchStore } from './store-watch.ts'
@@ -72,8 +72,8 @@ export function startClat(o: { store: Store; config: () => Config; sh: Sh; log: 
   /** The rules and proxy entries outlive the TUN; the routes through it went with it. */
   async function unplumb(config: Config, devices: ClatDevice[]): Promise<void> {
     for (const d of devices) {
-      await o.sh.apply('ip', ['-6', 'rule', 'del', 'from', d.clatIpv6, 'lookup', String(d.table), 'pref', String(PREF_DEVICE)], { nothrow: true })
-      await o.sh.apply('ip', ['-4', 'rule', 'del', 'from', d.lanIpv4, 'iif', config.lanIf, 'lookup', String(d.table), 'pref', String(PREF_DEVICE)], { nothrow: true })
+      await o.sh.apply('ip', ['-6', 'rule', 'del', 'from', d.clatIpv6, 'lookup', String(d.table), 'pref', String(PREF_CLAT)], { nothrow: true })
+      await o.sh.apply('ip', ['-4', 'rule', 'del', 'from', d.lanIpv4, 'iif', config.lanIf, 'lookup', String(d.table), 'pref', String(PREF_CLAT)], { nothrow: true })
       await o.sh.apply('ip', ['-6', 'neigh', 'del', 'proxy', d.clatIpv6, 'dev', d.ifname], { nothrow: true })
     }
   }
@@ -81,7 +81,7 @@ export function startClat(o: { store: Store; config: () => Config; sh: Sh; log: 
   async function plumb(config: Config, p: ClatPlan): Promise<void> {
     const v6 = await listRules(o.sh, 6)
     const v4 = await listRules(o.sh, 4)
-    const has = (rules: typeof v6, src: string, table: number) => rules.some((r) => r.priority === PREF_DEVICE && r.src === src && r.table === String(table))
+    const has = (rules: typeof v6, src: string, table: number) => rules.some((r) => r.priority === PREF_CLAT && r.src === src && r.table === String(table))
     const ifnames = [config.wanIf, ...p.devices.map((d) => d.ifname)]
     await o.sh.apply('sysctl', ['-q', '-w', `net.ipv4.conf.${CLAT_TUN}.rp_filter=0`, ...ifnames.map((i) => `net.ipv6.conf.${i}.proxy_ndp=1`)])
     await o.sh.apply('ip', ['link', 'set', 'dev', CLAT_TUN, 'up'])
@@ -89,9 +89,9 @@ export function startClat(o: { store: Store; config: () => Config; sh: Sh; log: 
     const four: string[] = []
     for (const d of p.devices) {
       six.push(`neigh replace proxy ${d.clatIpv6} dev ${d.ifname}`, `route replace ${d.clatIpv6}/128 dev ${CLAT_TUN}`)
-      if (!has(v6, d.clatIpv6, d.table)) six.push(`rule add from ${d.clatIpv6} lookup ${d.table} pref ${PREF_DEVICE}`)
+      if (!has(v6, d.clatIpv6, d.table)) six.push(`rule add from ${d.clatIpv6} lookup ${d.table} pref ${PREF_CLAT}`)
       four.push(`route replace default dev ${CLAT_TUN} table ${d.table} mtu lock ${CLAT_MTU}`)
-      if (!has(v4, d.lanIpv4, d.table)) four.push(`rule add from ${d.lanIpv4} iif ${config.lanIf} lookup ${d.table} pref ${PREF_DEVICE}`)
+      if (!has(v4, d.lanIpv4, d.table)) four.push(`rule add from ${d.lanIpv4} iif ${config.lanIf} lookup ${d.table} pref ${PREF_CLAT}`)
     }
     await o.sh.apply('ip', ['-6', '-batch', '-'], { input: `${six.join('\n')}\n` })
     if (four.length > 0) await o.sh.apply('ip', ['-4', '-batch', '-'], { input: `${four.join('\n')}\n` })

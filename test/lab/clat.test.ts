@@ -1,7 +1,7 @@
 // 464XLAT on an IPv6-only upstream: with clat on, each device's own IPv4 traffic reaches an IPv4 host behind
 // the upstream's NAT64, leaving from a CLAT address of the device's own under its own MAC; a pruned device
 // loses its mapping and the others keep theirs; nothing is left when the runner stops.
-import { readFileSync, writeFileSync } from 'node:fs'
+import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { DiagnoseResult } from '../../jobs/diagnose.ts'
@@ -26,8 +26,9 @@ describe.skipIf(!isRoot())('464XLAT (CLAT) on an IPv6-only upstream with NAT64 (
   beforeAll(async () => {
     lab = await createLab({ mode: 'ipv6', devices: 2, plat: true })
     plat = lab.upstream.plat!
-    // clatPrefix stays "auto": the upstream's DNS64 tells where its NAT64 is (RFC 7050).
-    env = {}
+    // clatPrefix stays "auto": the upstream's DNS64 tells where its NAT64 is (RFC 7050). The runner's own
+    // scan-arp would see the unplugged device's live LAN lease and keep it from going stale.
+    env = { DUALGATE_SCHEDULE_SCAN_ARP: '' }
     expect((await runJob(lab, 'scan-arp', [], env)).code).toBe(0)
     const acquired = await runJob(lab, 'acquire-leases', [], env)
     expect(acquired.code, acquired.stderr).toBe(0)
@@ -101,10 +102,8 @@ describe.skipIf(!isRoot())('464XLAT (CLAT) on an IPv6-only upstream with NAT64 (
     const goneClat = before.devices.find((d) => d.mac === gone.mac)!.clatIpv6
     await lab.unplug(gone)
     await lab.exec(lab.router.ns, 'ip', ['neigh', 'flush', 'dev', lab.router.lanIf, 'to', gone.lanIpv4], { nothrow: true })
-    const leases = join(lab.dir, 'no-leases')
-    writeFileSync(leases, '')
     await new Promise((r) => setTimeout(r, 11_000)) // past staleAfter since the last scan saw it
-    const pruned = await runJob<PruneResult>(lab, 'prune-stale', [], { ...env, DUALGATE_STALE_AFTER: '10', DUALGATE_DNSMASQ_LEASES: leases })
+    const pruned = await runJob<PruneResult>(lab, 'prune-stale', [], { ...env, DUALGATE_STALE_AFTER: '10', DUALGATE_DNSMASQ_LEASES: '/nonexistent' })
     expect(pruned.code, pruned.stderr).toBe(0)
     expect(pruned.result.gone).toEqual([gone.mac])
     const after = await until('CLAT without the pruned device', 20_000, async () => {

@@ -21,7 +21,8 @@ describe.skipIf(!isRoot())('reaching the devices (lab, dual-stack)', () => {
   let lab: Lab
   let runner: LabRunner
   let table: Record<string, Device>
-  const env = { DUALGATE_RELAY_UDP_PORTS: '7' }
+  // The runner's own scan-arp would see the unplugged device's live LAN lease and keep it from going stale.
+  const env = { DUALGATE_RELAY_UDP_PORTS: '7', DUALGATE_SCHEDULE_SCAN_ARP: '' }
 
   const devices = async () => Object.fromEntries((await runJob<Device[]>(lab, 'devices', [], env)).result.map((d) => [d.mac, d]))
   const relay = async () => (await api<RelayState>(lab, 'GET', '/relay')).body
