@@ -54,7 +54,8 @@ afterEach(() => rmSync(dir, { recursive: true, force: true }))
 
 describe('exclusive jobs', () => {
   it('a second run waits for the first, names it, and the two never overlap', async () => {
-    const first = start({ FIXTURE_HOLD_MS: '1500' })
+    // Held long enough that the second process (a second or two to start under load) finds it taken.
+    const first = start({ FIXTURE_HOLD_MS: '4000' })
     await started()
     const second = start({ FIXTURE_HOLD_MS: '100' })
     const [a, b] = await Promise.all([first.done, second.done])
@@ -67,7 +68,7 @@ describe('exclusive jobs', () => {
   }, 30_000)
 
   it('gives up after jobTimeout with the holder named, and a dry run does not wait', async () => {
-    const first = start({ FIXTURE_HOLD_MS: '4000' })
+    const first = start({ FIXTURE_HOLD_MS: '6000' })
     await started()
     const second = start({ DUALGATE_JOB_TIMEOUT: '1' })
     const dry = start({ FIXTURE_HOLD_MS: '0' }, ['--dry-run'])
