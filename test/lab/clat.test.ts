@@ -1,7 +1,8 @@
 // 464XLAT on an IPv6-only upstream: with clat on, each device's own IPv4 traffic reaches an IPv4 host behind
 // the upstream's NAT64, leaving from a CLAT address of the device's own under its own MAC; a pruned device
 // loses its mapping and the others keep theirs; nothing is left when the runner stops.
-import { readFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { DiagnoseResult } from '../../jobs/diagnose.ts'
@@ -130,4 +131,31 @@ describe.skipIf(!isRoot())('464XLAT (CLAT) on an IPv6-only upstream with NAT64 (
     expect(proxies.trim()).toBe('')
     await expect(page(0)).rejects.toThrow()
   })
+
+  it('uninstall --network after a runner killed with SIGKILL stops its tayga and leaves no CLAT state', async () => {
+    runner = startRunner(lab, env)
+    const state = await until('CLAT translating again', 20_000, async () => {
+      const s = await clat()
+      return s.running && s.devices.length === 1 ? s : undefined
+    })
+    await runner.kill()
+    runner = undefined
+    // The translator is detached: it outlives the runner, and so does its plumbing.
+    expect(await until('device 0 still translated', 10_000, async () => page(0).catch(() => undefined))).toMatch(/you are /)
+    const root = mkdtempSync(join(tmpdir(), 'dualgate-clat-root-'))
+    try {
+      const un = await runJob(lab, 'install', ['uninstall', '--root', root, '--platform', 'debian', '--network'], env)
+      expect(un.code, un.stderr).toBe(0)
+    } finally {
+      rmSync(root, { recursive: true, force: true })
+    }
+    const ns = lab.router.ns
+    expect((await lab.exec(ns, 'ip', ['link', 'show', 'dev', 'dgclat'], { nothrow: true })).code).not.toBe(0)
+    expect((await lab.exec(ns, 'ps', ['-eo', 'args'])).stdout).not.toMatch(/tayga .*clat\.conf/)
+    expect((await lab.exec(ns, 'ip', ['-6', 'neigh', 'show', 'proxy'])).stdout.trim()).toBe('')
+    const rules = (await lab.exec(ns, 'ip', ['-4', 'rule', 'show'])).stdout + (await lab.exec(ns, 'ip', ['-6', 'rule', 'show'])).stdout
+    expect(rules).not.toMatch(/^1101:/m)
+    expect(rules).not.toContain(state.devices[0].clatIpv6)
+    await expect(page(0)).rejects.toThrow()
+  }, 60_000)
 })
