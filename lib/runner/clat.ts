@@ -99,8 +99,14 @@ export function startClat(o: { store: Store; config: () => Config; sh: Sh; log: 
 
   async function once(): Promise<void> {
     const config = o.config()
-    const p = await plan(config)
     const running = taygaPid(config.runDir, NAME)
+    // Off (the default) costs no more than this look at the PID file: no `ip` every pass, no store read.
+    if (!config.clat) {
+      lastError = undefined
+      if (running || applied) await stop(config, 'clat is off')
+      return
+    }
+    const p = await plan(config)
     if (p.devices.length === 0 || !p.routerAddress) {
       lastError = undefined
       if (running || applied) await stop(config, p.idle ?? 'nothing to translate')
