@@ -178,9 +178,9 @@ export function checkNat64(s: { enabled: boolean; available: boolean; version?: 
  * 464XLAT: off; on but with nothing to do (and why); or translating `devices`, which needs the CLAT's tayga
  * (`pid`) while the runner that supervises it is up.
  */
-export function checkClat(s: { enabled: boolean; prefix: string; idle?: string; devices: number }, pid: number | undefined, runnerUp: boolean): Check {
+export function checkClat(s: { enabled: boolean; prefix: string; idle?: string; missing?: boolean; devices: number }, pid: number | undefined, runnerUp: boolean): Check {
   if (!s.enabled) return pass('clat', 'off')
-  if (s.idle?.startsWith('tayga is not installed') || s.idle?.startsWith('/dev/net/tun')) return fail('clat', `enabled, but ${s.idle}`)
+  if (s.missing) return fail('clat', `enabled, but ${s.idle}`)
   if (s.idle) return pass('clat', `on, idle: ${s.idle}`)
   if (pid) return pass('clat', `tayga running (pid ${pid}): ${s.devices} devices' IPv4 toward the NAT64 at ${s.prefix}`)
   return runnerUp ? fail('clat', `enabled for ${s.devices} devices, but its tayga is not running`, 'restart the runner, which supervises it') : warn('clat', 'enabled; its tayga starts with the runner, which is down')

@@ -58,18 +58,20 @@ export interface ClatPlan {
   routerAddress?: string
   /** Why nobody is translated. */
   idle?: string
+  /** Set with `idle` when the router lacks what the CLAT needs (tayga, the TUN driver): a fault, not a state. */
+  missing?: boolean
 }
 
 /** What the CLAT should translate now: a pure function of the store, the config and what the router has. */
 export function clatPlan(data: Data, config: Config, has: { wanMac?: string; tayga: boolean; tun: boolean }): ClatPlan {
   const prefix = config.clatPrefix === 'auto' ? (data.upstream.pref64 ?? WELL_KNOWN_PREFIX) : config.clatPrefix
-  const idle = (why: string): ClatPlan => ({ prefix, devices: [], idle: why })
+  const idle = (why: string, missing?: boolean): ClatPlan => ({ prefix, devices: [], idle: why, ...(missing ? { missing } : {}) })
   if (!config.clat) return idle('clat is off')
   if (data.upstream.dhcpv4 !== false || !data.upstream.ra) return idle('the upstream is not IPv6-only')
   const prefix64 = data.upstream.prefixes.find((p) => p.endsWith('/64'))
   if (!prefix64) return idle('the upstream advertises no /64 prefix')
-  if (!has.tayga) return idle('tayga is not installed (package tayga)')
-  if (!has.tun) return idle('/dev/net/tun is missing (the TUN driver: kmod-tun on OpenWrt)')
+  if (!has.tayga) return idle('tayga is not installed (package tayga)', true)
+  if (!has.tun) return idle('/dev/net/tun is missing (the TUN driver: kmod-tun on OpenWrt)', true)
   if (!has.wanMac) return idle(`${config.wanIf} has no MAC`)
   const devices = Object.values(data.devices)
     .filter((d) => d.status === 'active' && d.lanIpv4 && isIpv4(d.lanIpv4) && d.routeTable !== undefined && d.wanIpv6.length > 0)

@@ -588,7 +588,7 @@ export const CHECKS: Record<CheckId, CheckFn> = {
     const data = (await env.store()).data
     const has = { wanMac: (await getLink(sh, config.wanIf))?.mac, tayga: findTayga(taygaSearchPath()) !== undefined, tun: existsSync('/dev/net/tun') }
     const plan = data ? clatPlan(data, config, has) : { prefix: config.clatPrefix, idle: 'no readable store', devices: [] }
-    return { check: checkClat({ enabled: config.clat, prefix: plan.prefix, idle: plan.idle, devices: plan.devices.length }, taygaPid(config.runDir, 'clat'), runnerPid(config.dataDir) !== undefined) }
+    return { check: checkClat({ enabled: config.clat, ...plan, devices: plan.devices.length }, taygaPid(config.runDir, 'clat'), runnerPid(config.dataDir) !== undefined) }
   },
 }
 

@@ -106,6 +106,7 @@ describe('the CLAT plan', () => {
   ] as const)('translates nobody when %s', (why, d, env, tayga) => {
     const p = clatPlan(d, config(env), { wanMac: '02:00:00:00:00:01', tayga, tun: true })
     expect(p).toMatchObject({ devices: [], idle: why })
+    expect(p.missing ?? false).toBe(!tayga)
   })
 })
 
@@ -117,7 +118,7 @@ describe('the clat check', () => {
     expect(checkClat(s(), 1234, true)).toMatchObject({ status: 'pass', reason: expect.stringContaining('pid 1234') })
   })
   it('fails without tayga, or when the runner is up and tayga is not; warns while the runner is down', () => {
-    expect(checkClat(s({ idle: 'tayga is not installed (package tayga)', devices: 0 }), undefined, true).status).toBe('fail')
+    expect(checkClat(s({ idle: 'tayga is not installed (package tayga)', missing: true, devices: 0 }), undefined, true).status).toBe('fail')
     expect(checkClat(s(), undefined, true)).toMatchObject({ status: 'fail', fix: expect.stringContaining('restart the runner') })
     expect(checkClat(s(), undefined, false).status).toBe('warn')
   })
