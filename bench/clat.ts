@@ -6,7 +6,7 @@
 //   node --import=tsx bench/clat.ts          (root; about a minute)
 import { readFileSync } from 'node:fs'
 import os from 'node:os'
-import type { ClatState } from '../lib/runner/clat.ts'
+import type { ClatState } from '../lib/clat/supervisor.ts'
 import { api, runJob, startRunner, until, type LabRunner } from '../test/lab/gateway.ts'
 import { createLab } from '../test/lab/lab.ts'
 

@@ -1,7 +1,7 @@
 // 200 devices appear on the LAN at once: how long until every one is `active` with its own WAN identity?
 // Run by hand as root: `node --import=tsx bench/dhcp-storm.ts [devices] [parallel]`. Builds its own lab.
 import type { AcquireResult } from '../jobs/acquire-leases.ts'
-import type { Device } from '../lib/schema.ts'
+import type { Device } from '../lib/core/schema.ts'
 import { runJob } from '../test/lab/gateway.ts'
 import { createLab } from '../test/lab/lab.ts'
 

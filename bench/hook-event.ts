@@ -35,7 +35,7 @@ let jobsDir = path.join(ROOT, 'test/fixtures/jobs')
 if (built) {
   jobsDir = path.join(tmp, 'jobs')
   mkdirSync(jobsDir)
-  writeFileSync(path.join(jobsDir, 'scan-arp.js'), `import { defineJob, runMain } from ${JSON.stringify(path.join(ROOT, 'dist/lib/job.js'))}
+  writeFileSync(path.join(jobsDir, 'scan-arp.js'), `import { defineJob, runMain } from ${JSON.stringify(path.join(ROOT, 'dist/lib/core/job.js'))}
 const job = defineJob({ name: 'scan-arp', description: 'bench', async run({ payload }) { return { count: payload.length } } })
 export default job
 await runMain(job, import.meta.url)

@@ -194,10 +194,10 @@ async function topology(lab: Lab): Promise<void> {
   }
 }
 
-/** lib/relay.ts as plain JavaScript plus a tiny host: what `dist/` runs, without a TypeScript loader in memory. */
+/** lib/reach/relay.ts as plain JavaScript plus a tiny host: what `dist/` runs, without a TypeScript loader in memory. */
 async function compileRelayHost(dir: string): Promise<string> {
   const { default: ts } = await import('typescript')
-  const src = readFileSync(path.join(HERE, '../lib/relay.ts'), 'utf8')
+  const src = readFileSync(path.join(HERE, '../lib/reach/relay.ts'), 'utf8')
   const js = ts.transpileModule(src, { compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022, verbatimModuleSyntax: true } })
   writeFileSync(path.join(dir, 'relay.mjs'), js.outputText)
   const host = path.join(dir, 'relay-host.mjs')

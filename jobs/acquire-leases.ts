@@ -4,17 +4,17 @@
 // backoff, and re-acquires once when the upstream changes.
 import { mkdir } from 'node:fs/promises'
 import pLimit from 'p-limit'
-import { retryDelaySeconds } from '../lib/backoff.ts'
-import { freeRouteTable, logTransitions, setStatus, type Transition } from '../lib/devices.ts'
-import { acquireIdentity, refreshIdentity, releaseIdentity, wanSysctls, type IdentityEnv } from '../lib/identity.ts'
-import { defineJob, runMain, type Payload } from '../lib/job.ts'
-import { requireInterfaces } from '../lib/lan.ts'
-import { addDeviceNat, syncNat } from '../lib/nat.ts'
+import { retryDelaySeconds } from '../lib/core/backoff.ts'
+import { freeRouteTable, logTransitions, setStatus, type Transition } from '../lib/devices/state.ts'
+import { acquireIdentity, refreshIdentity, releaseIdentity, wanSysctls, type IdentityEnv } from '../lib/devices/identity.ts'
+import { defineJob, runMain, type Payload } from '../lib/core/job.ts'
+import { requireInterfaces } from '../lib/devices/lan.ts'
+import { addDeviceNat, syncNat } from '../lib/reach/nat.ts'
 import { listLinks } from '../lib/net/ip.ts'
 import { discoverPref64 } from '../lib/net/pref64.ts'
 import { ensureLanRule } from '../lib/net/route.ts'
 import { probeUpstream, type Offer } from '../lib/net/upstream.ts'
-import type { Data, Device } from '../lib/schema.ts'
+import type { Data, Device } from '../lib/core/schema.ts'
 
 export interface AcquireResult { wanUp: boolean; offer?: Offer; attempted: number; active: string[]; failed: string[]; refreshed: number; reacquired: string[] }
 

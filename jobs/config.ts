@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // The effective configuration and where each value came from.
-import { loadConfig } from '../lib/config.ts'
-import { defineJob, runMain } from '../lib/job.ts'
-import { formatTable } from '../lib/table.ts'
+import { loadConfig } from '../lib/core/config.ts'
+import { defineJob, runMain } from '../lib/core/job.ts'
+import { formatTable } from '../lib/core/table.ts'
 
 interface Entry { key: string; value: unknown; source: string }
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // The device table, optionally filtered by status.
-import { defineJob, runMain, UsageError } from '../lib/job.ts'
-import { DEVICE_STATUSES, type Device, type DeviceStatus } from '../lib/schema.ts'
-import { ago, formatTable } from '../lib/table.ts'
+import { defineJob, runMain, UsageError } from '../lib/core/job.ts'
+import { DEVICE_STATUSES, type Device, type DeviceStatus } from '../lib/core/schema.ts'
+import { ago, formatTable } from '../lib/core/table.ts'
 
 const job = defineJob({
   name: 'devices',

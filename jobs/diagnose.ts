@@ -2,10 +2,10 @@
 // Checks the gateway end to end (links, addresses, upstream, kernel settings, dnsmasq and its hook, the
 // store, nftables, macvlans, DHCP clients, runner, API, relay, tools) and, with --fix CHECK or --fix-all,
 // repairs what it safely can, then checks again. Exit status 1 when a check still fails.
-import { CHECK_IDS, failed, formatReport, selectFixes, type Check, type CheckId, type FixOutcome } from '../lib/checks.ts'
-import { createEnv, probe, type DiagEnv } from '../lib/diagnose.ts'
-import { defineJob, runMain, UsageError, type JobContext } from '../lib/job.ts'
-import { detectPlatform, type Platform } from '../lib/platform.ts'
+import { CHECK_IDS, failed, formatReport, selectFixes, type Check, type CheckId, type FixOutcome } from '../lib/diagnose/report.ts'
+import { createEnv, probe, type DiagEnv } from '../lib/diagnose/checks.ts'
+import { defineJob, runMain, UsageError, type JobContext } from '../lib/core/job.ts'
+import { detectPlatform, type Platform } from '../lib/core/platform.ts'
 import acquireLeases from './acquire-leases.ts'
 
 export interface DiagnoseResult { ok: boolean; platform: Platform; checks: Check[]; fixes: FixOutcome[] }

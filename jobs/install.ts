@@ -5,12 +5,12 @@
 import { existsSync } from 'node:fs'
 import { lstat, readdir, readFile, rm } from 'node:fs/promises'
 import path from 'node:path'
-import { INSTALL_DIR, installPlan, runtimePackages, shippedFiles, type Lockfile } from '../lib/install-plan.ts'
-import { applyPlan, emptyReport, readManifest, removeInstall, type InstallIo, type Report } from '../lib/installer.ts'
-import { defineJob, runMain, UsageError } from '../lib/job.ts'
-import { ROOT } from '../lib/paths.ts'
-import { detectPlatform, systemdRunning, type Platform } from '../lib/platform.ts'
-import { removeDiagnoseFiles, teardownNetwork, type TeardownReport } from '../lib/teardown.ts'
+import { INSTALL_DIR, installPlan, runtimePackages, shippedFiles, type Lockfile } from '../lib/install/plan.ts'
+import { applyPlan, emptyReport, readManifest, removeInstall, type InstallIo, type Report } from '../lib/install/apply.ts'
+import { defineJob, runMain, UsageError } from '../lib/core/job.ts'
+import { ROOT } from '../lib/core/paths.ts'
+import { detectPlatform, systemdRunning, type Platform } from '../lib/core/platform.ts'
+import { removeDiagnoseFiles, teardownNetwork, type TeardownReport } from '../lib/install/teardown.ts'
 
 export interface InstallResult extends Report {
   action: 'install' | 'uninstall'

@@ -3,10 +3,10 @@
 // filtered by job or device, the last N lines, and -f to follow as it grows (across rotations).
 import { open, readFile, stat, type FileHandle } from 'node:fs/promises'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { defineJob, runMain, UsageError } from '../lib/job.ts'
-import { logFile } from '../lib/log.ts'
-import { formatEntry, lastMatching, logFiles, matches, parseEntry, type LogFilter } from '../lib/log-view.ts'
-import { normalizeMac } from '../lib/mac.ts'
+import { defineJob, runMain, UsageError } from '../lib/core/job.ts'
+import { logFile } from '../lib/core/log.ts'
+import { formatEntry, lastMatching, logFiles, matches, parseEntry, type LogFilter } from '../lib/core/log-view.ts'
+import { normalizeMac } from '../lib/addr/mac.ts'
 
 const POLL_MS = 250
 const MAX_LINES = 1_000_000

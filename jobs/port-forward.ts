@@ -1,12 +1,12 @@
 #!/usr/bin/env node
 // Port forwards from the command line: add, remove, list, and the original gateway's per-device defaults.
-import { checkForward, findForward, ForwardError, QUICK_DEVICE_PORTS } from '../lib/forwards.ts'
-import { defineJob, runMain, UsageError, type JobContext } from '../lib/job.ts'
-import { requireInterfaces } from '../lib/lan.ts'
-import { syncNat } from '../lib/nat.ts'
-import type { Data, Forward } from '../lib/schema.ts'
-import { formatTable } from '../lib/table.ts'
-import { requestRun } from '../lib/trigger.ts'
+import { checkForward, findForward, ForwardError, QUICK_DEVICE_PORTS } from '../lib/reach/forwards.ts'
+import { defineJob, runMain, UsageError, type JobContext } from '../lib/core/job.ts'
+import { requireInterfaces } from '../lib/devices/lan.ts'
+import { syncNat } from '../lib/reach/nat.ts'
+import type { Data, Forward } from '../lib/core/schema.ts'
+import { formatTable } from '../lib/core/table.ts'
+import { requestRun } from '../lib/core/trigger.ts'
 
 export interface ForwardResult { action: 'add' | 'remove' | 'list' | 'quick-device'; forwards: Forward[] }
 

@@ -2,11 +2,11 @@
 // Tears down devices that left: absent from the neighbour table, without a live LAN lease, and not seen for
 // `staleAfter` seconds. Their leases are released and every trace removed; the record is kept as `gone` for
 // `goneRetention` seconds, then deleted.
-import { logTransitions, setStatus, type Transition } from '../lib/devices.ts'
-import { releaseIdentity } from '../lib/identity.ts'
-import { defineJob, runMain } from '../lib/job.ts'
-import { lanView, requireInterfaces } from '../lib/lan.ts'
-import { syncNat } from '../lib/nat.ts'
+import { logTransitions, setStatus, type Transition } from '../lib/devices/state.ts'
+import { releaseIdentity } from '../lib/devices/identity.ts'
+import { defineJob, runMain } from '../lib/core/job.ts'
+import { lanView, requireInterfaces } from '../lib/devices/lan.ts'
+import { syncNat } from '../lib/reach/nat.ts'
 import { readLeases, readNeighbours } from '../lib/net/neigh.ts'
 
 export interface PruneResult { gone: string[]; deleted: string[]; kept: number }

@@ -2,11 +2,11 @@
 // Reconciles what should be reachable with what is: the nftables table (device NAT, IPv4 port forwards,
 // hairpin) in the kernel, and the relay's listeners, which the runner applies from the store. Idempotent;
 // runs on a schedule, when devices change, and when the runner starts.
-import { defineJob, runMain } from '../lib/job.ts'
-import { requireInterfaces } from '../lib/lan.ts'
-import { syncNat } from '../lib/nat.ts'
+import { defineJob, runMain } from '../lib/core/job.ts'
+import { requireInterfaces } from '../lib/devices/lan.ts'
+import { syncNat } from '../lib/reach/nat.ts'
 import { getLink } from '../lib/net/ip.ts'
-import { relayRules } from '../lib/relay-plan.ts'
+import { relayRules } from '../lib/reach/relay-plan.ts'
 
 export interface RefreshResult { table: 'present' | 'created'; added: number; removed: number; forwards: number; relayListeners: number }
 

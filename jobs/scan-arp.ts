@@ -2,13 +2,13 @@
 // Discovers LAN devices from the neighbour table, dnsmasq's leases, hook events and (optionally) an ARP
 // sweep; records what it saw; asks acquire-leases to give new devices their WAN identity.
 import pLimit from 'p-limit'
-import { logTransitions, newDevice, setStatus, type Transition } from '../lib/devices.ts'
-import { cleanHostname } from '../lib/hostname.ts'
-import { hostsOf } from '../lib/ipv4.ts'
-import { defineJob, runMain, type JobContext, type Payload } from '../lib/job.ts'
-import { lanView } from '../lib/lan.ts'
+import { logTransitions, newDevice, setStatus, type Transition } from '../lib/devices/state.ts'
+import { cleanHostname } from '../lib/addr/hostname.ts'
+import { hostsOf } from '../lib/addr/ipv4.ts'
+import { defineJob, runMain, type JobContext, type Payload } from '../lib/core/job.ts'
+import { lanView } from '../lib/devices/lan.ts'
 import { checkSighting, readLeases, readNeighbours, type LanView, type Rejected, type Sighting } from '../lib/net/neigh.ts'
-import { requestRun } from '../lib/trigger.ts'
+import { requestRun } from '../lib/core/trigger.ts'
 
 export interface ScanResult { seen: number; added: string[]; returned: string[]; moved: string[]; rejected: number; overLimit: string[] }
 

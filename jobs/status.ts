@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // Gateway summary: interfaces and addresses, devices by status, the runner, the last run of each job.
-import { defineJob, runMain } from '../lib/job.ts'
-import { gatewayStatus, type GatewayStatus } from '../lib/status.ts'
-import { ago, formatTable } from '../lib/table.ts'
+import { defineJob, runMain } from '../lib/core/job.ts'
+import { gatewayStatus, type GatewayStatus } from '../lib/devices/status.ts'
+import { ago, formatTable } from '../lib/core/table.ts'
 
 const job = defineJob({
   name: 'status',

@@ -6,9 +6,9 @@ import { existsSync, readFileSync } from 'node:fs'
 import { readFile, rm } from 'node:fs/promises'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import type { Sh } from '../exec.ts'
-import { isIpv4, maskToPrefix } from '../ipv4.ts'
-import { HOOKS_DIR } from '../paths.ts'
+import type { Sh } from '../core/exec.ts'
+import { isIpv4, maskToPrefix } from '../addr/ipv4.ts'
+import { HOOKS_DIR } from '../core/paths.ts'
 
 export interface Lease4 { ip: string; prefix: number; router?: string; lease: number; at: number }
 export interface Lease6 { ip6: string; prefixlen: number; valid: number; at: number }

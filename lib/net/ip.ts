@@ -1,5 +1,5 @@
 // Typed wrappers over iproute2 (`ip -j`), so jobs read as plans. Parsing is separate and pure.
-import type { Sh } from '../exec.ts'
+import type { Sh } from '../core/exec.ts'
 
 export interface LinkInfo {
   ifname: string

@@ -2,10 +2,10 @@
 // Everything here comes from devices we don't control, so each entry is validated and the reason for
 // dropping it is kept for the log.
 import { readFile } from 'node:fs/promises'
-import type { Sh } from '../exec.ts'
-import { cleanHostname } from '../hostname.ts'
-import { isHostIn, isIpv4, type Subnet4 } from '../ipv4.ts'
-import { isDeviceMac, normalizeMac } from '../mac.ts'
+import type { Sh } from '../core/exec.ts'
+import { cleanHostname } from '../addr/hostname.ts'
+import { isHostIn, isIpv4, type Subnet4 } from '../addr/ipv4.ts'
+import { isDeviceMac, normalizeMac } from '../addr/mac.ts'
 
 export interface Sighting {
   mac: string

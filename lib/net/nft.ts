@@ -1,8 +1,8 @@
 // The project's own nftables table. It is declared whole here; what changes at run time are the elements
 // of its maps and sets, reconciled by difference, so a new device or forward never rebuilds the rules and
 // teardown is exact. The table survives firewall4 reloads (fw4 only replaces `inet fw4`).
-import { CLAT_MTU, CLAT_TUN } from '../clat.ts'
-import type { Sh } from '../exec.ts'
+import { CLAT_MTU, CLAT_TUN } from '../clat/plan.ts'
+import type { Sh } from '../core/exec.ts'
 
 export const TABLE = 'dualgate'
 const VERSION = 2

@@ -2,7 +2,7 @@
 // ipv4only.arpa, whose only A records are 192.0.0.170 and 192.0.0.171; the prefix is what precedes them.
 // Only /96 prefixes are taken (the form tayga and lib/clat.ts use); others are reported as unusable.
 import { Resolver } from 'node:dns/promises'
-import { formatIpv6, parseIpv6 } from '../ipv6.ts'
+import { formatIpv6, parseIpv6 } from '../addr/ipv6.ts'
 
 const WELL_KNOWN_V4 = [[192, 0, 0, 170], [192, 0, 0, 171]]
 

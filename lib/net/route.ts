@@ -1,7 +1,7 @@
 // Policy routing that makes a device's traffic follow its identity: one routing table per device, selected
 // by the device's LAN address (forwarded traffic) and by its WAN addresses (traffic the router originates
 // for it: DHCP renewals, relay replies).
-import type { Sh } from '../exec.ts'
+import type { Sh } from '../core/exec.ts'
 
 /** Rule priorities: LAN-internal traffic keeps the main table, then the per-device rules. */
 export const PREF_LAN = 1000

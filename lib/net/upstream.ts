@@ -2,7 +2,7 @@
 // router's own WAN holds a global IPv4 address (netifd or the admin put it there; probing DHCPv4 with a
 // MAC of ours would register a lease upstream in the router's name). IPv6: a router solicitation on the
 // WAN (rdisc6) and the flags of the advertisement that answers.
-import type { Sh } from '../exec.ts'
+import type { Sh } from '../core/exec.ts'
 import { getLink } from './ip.ts'
 
 export interface Offer {

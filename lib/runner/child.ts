@@ -1,8 +1,8 @@
 // Entry of the child process that runs one job: receives the job, its payload and the runner's config over
 // IPC, runs it, sends back the result, exits. The job's own crash, exit or hang stays in this process.
 import { pathToFileURL } from 'node:url'
-import type { Config } from '../config.ts'
-import { createContext, execute, type Job, type Payload } from '../job.ts'
+import type { Config } from '../core/config.ts'
+import { createContext, execute, type Job, type Payload } from '../core/job.ts'
 
 export interface RunMessage {
   type: 'run'

@@ -1,7 +1,7 @@
 // Hook events as they reach the runner (from the spool or POST /events), what a job receives of them, and
 // the coalescing of bursts: events for one job that arrive close together become one run.
 import { z } from 'zod'
-import type { Payload } from '../job.ts'
+import type { Payload } from '../core/job.ts'
 
 export const JOB_NAME = /^[a-z0-9][a-z0-9-]{0,63}$/
 

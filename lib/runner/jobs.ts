@@ -10,7 +10,7 @@ export const MODULE_EXT = path.extname(fileURLToPath(import.meta.url))
 
 /** DUALGATE_JOBS_DIR (for tests: fixture jobs) or the jobs/ directory that ships with this runner. */
 export function jobsDir(env: NodeJS.ProcessEnv = process.env): string {
-  return env.DUALGATE_JOBS_DIR ? path.resolve(env.DUALGATE_JOBS_DIR) : fileURLToPath(new URL('../../jobs/', import.meta.url))
+  return env.DUALGATE_JOBS_DIR ? path.resolve(env.DUALGATE_JOBS_DIR) : fileURLToPath(new URL('../../jobs', import.meta.url))
 }
 
 /** Job name → module file. */

@@ -1,6 +1,6 @@
 // Writing a finished run into the store: data.runs keeps the most recent runs, data.jobs the totals per job.
-import type { Run } from '../schema.ts'
-import type { Store } from '../store.ts'
+import type { Run } from '../core/schema.ts'
+import type { Store } from '../core/store.ts'
 
 export const KEEP_RUNS = 200
 const MAX_RESULT = 16 * 1024

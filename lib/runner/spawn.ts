@@ -2,8 +2,8 @@
 // timeout or a shutdown also ends whatever commands the job started: SIGTERM to the group, SIGKILL after a grace.
 import { fork } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
-import type { Config } from '../config.ts'
-import type { Payload } from '../job.ts'
+import type { Config } from '../core/config.ts'
+import type { Payload } from '../core/job.ts'
 import type { ResultMessage, RunMessage } from './child.ts'
 import { MODULE_EXT } from './jobs.ts'
 

@@ -6,8 +6,8 @@ import { chmodSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { DiagnoseResult } from '../../jobs/diagnose.ts'
-import { macvlanName } from '../../lib/mac.ts'
-import { openStore } from '../../lib/store.ts'
+import { macvlanName } from '../../lib/addr/mac.ts'
+import { openStore } from '../../lib/core/store.ts'
 import { gatewayEnv, ROOT, runJob } from './gateway.ts'
 import { createLab, isRoot, type Lab } from './lab.ts'
 

@@ -4,8 +4,8 @@
 import { readFileSync } from 'node:fs'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { ForwardResult } from '../../jobs/port-forward.ts'
-import type { Device, Forward } from '../../lib/schema.ts'
-import type { RelayRule } from '../../lib/relay.ts'
+import type { Device, Forward } from '../../lib/core/schema.ts'
+import type { RelayRule } from '../../lib/reach/relay.ts'
 import { api, runJob, startRunner, until, type LabRunner } from './gateway.ts'
 import { createLab, isRoot, type Lab } from './lab.ts'
 

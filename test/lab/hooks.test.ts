@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { promisify } from 'node:util'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import type { Device } from '../../lib/schema.ts'
+import type { Device } from '../../lib/core/schema.ts'
 import { api, gatewayEnv, ROOT, startRunner, until, type LabRunner } from './gateway.ts'
 import { createLab, isRoot, type Lab } from './lab.ts'
 

@@ -7,7 +7,7 @@ import { readFileSync, writeFileSync } from 'node:fs'
 import { readdir } from 'node:fs/promises'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import type { Nat64State } from '../../lib/runner/nat64.ts'
+import type { Nat64State } from '../../lib/nat64/supervisor.ts'
 import { api, runJob, startRunner, until, type LabRunner } from './gateway.ts'
 import { createLab, isRoot, type Lab } from './lab.ts'
 

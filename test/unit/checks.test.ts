@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest'
 import {
   CHECK_IDS, checkClock, checkDisk, checkForwarding, checkNode, checkWanSysctls, failed, formatReport, macvlanDiff, mapDifferences, relayDiff,
   selectFixes, versionAtLeast,
-} from '../../lib/checks.ts'
+} from '../../lib/diagnose/report.ts'
 
 describe('selectFixes', () => {
   it('takes repeated options and comma lists, in running order', () => {
@@ -107,7 +107,7 @@ describe('report', () => {
 })
 
 describe('checkNat64', async () => {
-  const { checkNat64 } = await import('../../lib/checks.ts')
+  const { checkNat64 } = await import('../../lib/diagnose/report.ts')
   const base = { enabled: false, available: true, version: '0.9.2', prefix: 'fd00:1:2:64::/96', pool: '192.168.255.0/24', problems: [] as string[] }
   it('passes when off, saying whether it could be turned on', () => {
     expect(checkNat64(base, undefined, true)).toMatchObject({ status: 'pass', reason: expect.stringMatching(/off \(tayga 0.9.2 available/) })

@@ -1,13 +1,13 @@
 // 464XLAT's pure parts: CLAT addresses, tayga's config, the translation prefix check, and the plan the
 // runner derives from the store (who is translated, and why nobody is).
 import { describe, expect, it } from 'vitest'
-import { clatAddress, clatConfig, clatPlan } from '../../lib/clat.ts'
-import { ConfigError, loadConfig } from '../../lib/config.ts'
-import { inPrefix6 } from '../../lib/ipv6.ts'
-import { nat64PrefixError, prefix96Error } from '../../lib/nat64.ts'
-import { checkClat } from '../../lib/checks.ts'
+import { clatAddress, clatConfig, clatPlan } from '../../lib/clat/plan.ts'
+import { ConfigError, loadConfig } from '../../lib/core/config.ts'
+import { inPrefix6 } from '../../lib/addr/ipv6.ts'
+import { nat64PrefixError, prefix96Error } from '../../lib/nat64/prefix.ts'
+import { checkClat } from '../../lib/diagnose/report.ts'
 import { pref64From } from '../../lib/net/pref64.ts'
-import { parseData, type Data } from '../../lib/schema.ts'
+import { parseData, type Data } from '../../lib/core/schema.ts'
 
 const PREFIX = '2001:db8:1::/64'
 const A = '02:aa:bb:cc:dd:01'

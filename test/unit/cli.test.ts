@@ -7,9 +7,9 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { openStore } from '../../lib/store.ts'
+import { openStore } from '../../lib/core/store.ts'
 
-const BIN = fileURLToPath(new URL('../../hooks/bin/', import.meta.url))
+const BIN = fileURLToPath(new URL('../../hooks/bin', import.meta.url))
 const MAC = '02:aa:bb:cc:dd:01'
 let dir: string
 let env: NodeJS.ProcessEnv

@@ -2,8 +2,8 @@ import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { ConfigError, loadConfig } from '../../lib/config.ts'
-import { parseUci } from '../../lib/uci.ts'
+import { ConfigError, loadConfig } from '../../lib/core/config.ts'
+import { parseUci } from '../../lib/core/uci.ts'
 
 const dir = mkdtempSync(path.join(tmpdir(), 'dg-config-'))
 const noUci = path.join(dir, 'absent')

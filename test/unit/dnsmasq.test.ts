@@ -1,6 +1,6 @@
 // Where a running dnsmasq takes its dhcp-script from: its command line and the files it names.
 import { describe, expect, it } from 'vitest'
-import { confDirFiles, parseDnsmasqArgs, parseDnsmasqConf } from '../../lib/dnsmasq.ts'
+import { confDirFiles, parseDnsmasqArgs, parseDnsmasqConf } from '../../lib/net/dnsmasq.ts'
 
 describe('dnsmasq configuration', () => {
   it('reads long, long-with-space and short options', () => {

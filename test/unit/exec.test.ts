@@ -2,7 +2,7 @@ import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
-import { createSh } from '../../lib/exec.ts'
+import { createSh } from '../../lib/core/exec.ts'
 
 const dir = mkdtempSync(path.join(tmpdir(), 'dualgate-exec-'))
 const started: number[] = []

@@ -1,7 +1,7 @@
 // The install plan as data: what ships, where each piece goes on OpenWrt and on Debian.
 import { readFileSync } from 'node:fs'
 import { describe, expect, it } from 'vitest'
-import { COMMANDS, installPlan, runtimePackages, shippedFiles, type Lockfile } from '../../lib/install-plan.ts'
+import { COMMANDS, installPlan, runtimePackages, shippedFiles, type Lockfile } from '../../lib/install/plan.ts'
 
 const lock = JSON.parse(readFileSync(new URL('../../package-lock.json', import.meta.url), 'utf8')) as Lockfile
 

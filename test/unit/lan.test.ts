@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest'
-import { retryDelaySeconds } from '../../lib/backoff.ts'
-import { cleanHostname } from '../../lib/hostname.ts'
-import { isHostIn, maskToPrefix, parseCidr4, parseIpv4 } from '../../lib/ipv4.ts'
+import { retryDelaySeconds } from '../../lib/core/backoff.ts'
+import { cleanHostname } from '../../lib/addr/hostname.ts'
+import { isHostIn, maskToPrefix, parseCidr4, parseIpv4 } from '../../lib/addr/ipv4.ts'
 import { parseLeases, parseNeighbours } from '../../lib/net/neigh.ts'
 
 const view = { subnet: parseCidr4('198.19.0.1/24'), routerIps: ['198.19.0.1'] }

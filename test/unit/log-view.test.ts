@@ -1,6 +1,6 @@
 // Log lines for people: parsing the JSON log, filtering by job and device, the readable format.
 import { describe, expect, it } from 'vitest'
-import { formatEntry, lastMatching, localTime, logFiles, matches, parseEntry } from '../../lib/log-view.ts'
+import { formatEntry, lastMatching, localTime, logFiles, matches, parseEntry } from '../../lib/core/log-view.ts'
 
 const line = (o: Record<string, unknown>) => JSON.stringify({ time: '2025-03-04T05:06:07.000Z', level: 'info', msg: 'x', ...o })
 

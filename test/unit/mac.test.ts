@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { isDeviceMac, macvlanName, normalizeMac } from '../../lib/mac.ts'
+import { isDeviceMac, macvlanName, normalizeMac } from '../../lib/addr/mac.ts'
 
 describe('normalizeMac', () => {
   it.each(['AA:BB:CC:00:11:22', 'aa-bb-cc-00-11-22', 'aabb.cc00.1122', 'AABBCC001122', ' aa:bb:cc:00:11:22\n'])('reads %j', (input) => {

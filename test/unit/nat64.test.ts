@@ -2,9 +2,9 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
-import { ConfigError, loadConfig } from '../../lib/config.ts'
-import { embedIpv4, formatIpv6, parseIpv6 } from '../../lib/ipv6.ts'
-import { mappedAddress, nat64PoolError, nat64PrefixError, overlaps4, ulaPrefix } from '../../lib/nat64.ts'
+import { ConfigError, loadConfig } from '../../lib/core/config.ts'
+import { embedIpv4, formatIpv6, parseIpv6 } from '../../lib/addr/ipv6.ts'
+import { mappedAddress, nat64PoolError, nat64PrefixError, overlaps4, ulaPrefix } from '../../lib/nat64/prefix.ts'
 import { tableDefinition } from '../../lib/net/nft.ts'
 import { nat64Status, taygaConfig, taygaVersion, type Nat64Config } from '../../lib/net/tayga.ts'
 
@@ -181,7 +181,7 @@ describe('the nft table with NAT64', () => {
 })
 
 describe('inPrefix6', async () => {
-  const { inPrefix6 } = await import('../../lib/ipv6.ts')
+  const { inPrefix6 } = await import('../../lib/addr/ipv6.ts')
   it('compares bits, not text', () => {
     expect(inPrefix6('2001:db8:1:0:9893:c3ff:fe37:d240', '2001:db8:1::/64')).toBe(true)
     expect(inPrefix6('2001:db8:10::1', '2001:db8:1::/64')).toBe(false)

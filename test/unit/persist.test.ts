@@ -2,8 +2,8 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSy
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { restorePersisted, startPersist } from '../../lib/persist.ts'
-import { openStore } from '../../lib/store.ts'
+import { restorePersisted, startPersist } from '../../lib/core/persist.ts'
+import { openStore } from '../../lib/core/store.ts'
 
 const dirs: string[] = []
 const tmp = () => { const d = mkdtempSync(path.join(tmpdir(), 'dualgate-persist-')); dirs.push(d); return d }

@@ -5,7 +5,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createLab, type Agent, type Lab } from '../../bench/netns.ts'
-import { createRelay, ruleKey, type ApplyResult, type RelayRule, type RelayStats } from '../../lib/relay.ts'
+import { createRelay, ruleKey, type ApplyResult, type RelayRule, type RelayStats } from '../../lib/reach/relay.ts'
 
 const AGENT = path.join(path.dirname(fileURLToPath(import.meta.url)), '../fixtures/relay-agent.ts')
 const R6 = '2001:db8:99::1'

@@ -8,13 +8,13 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { afterAll, afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
-import { loadConfig } from '../../lib/config.ts'
+import { loadConfig } from '../../lib/core/config.ts'
 import { createCoalescer, parseEvent, toPayload } from '../../lib/runner/events.ts'
 import { createQueue, type Batch } from '../../lib/runner/queue.ts'
-import { jobsFor } from '../../lib/runner/routes.ts'
-import { parseData, type Data } from '../../lib/schema.ts'
+import { jobsFor } from '../../lib/runner/event-jobs.ts'
+import { parseData, type Data } from '../../lib/core/schema.ts'
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url))
+const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const SHIM = path.join(ROOT, 'hooks/dualgate-event')
 const FIXTURES = path.join(ROOT, 'test/fixtures/jobs')
 const TOKEN = 'test-token-0123456789'

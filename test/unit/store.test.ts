@@ -7,11 +7,11 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { afterAll, describe, expect, it } from 'vitest'
-import { loadConfig } from '../../lib/config.ts'
-import { createContext } from '../../lib/job.ts'
-import { logFile } from '../../lib/log.ts'
-import { parseData, STORE_VERSION } from '../../lib/schema.ts'
-import { openStore, StoreError } from '../../lib/store.ts'
+import { loadConfig } from '../../lib/core/config.ts'
+import { createContext } from '../../lib/core/job.ts'
+import { logFile } from '../../lib/core/log.ts'
+import { parseData, STORE_VERSION } from '../../lib/core/schema.ts'
+import { openStore, StoreError } from '../../lib/core/store.ts'
 
 const WRITER = fileURLToPath(new URL('../fixtures/store-writer.ts', import.meta.url))
 const run = promisify(execFile)

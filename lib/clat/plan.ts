@@ -3,12 +3,12 @@
 // upstream /64, answered for by the device's macvlan through proxy NDP) and a destination under the
 // upstream's NAT64 prefix (the PLAT). One tayga translates for every device with a `map` line each.
 import { createHash } from 'node:crypto'
-import type { Config } from './config.ts'
-import { isIpv4 } from './ipv4.ts'
-import { formatIpv6, parseIpv6 } from './ipv6.ts'
-import { macvlanName, normalizeMac } from './mac.ts'
-import { WELL_KNOWN_PREFIX } from './nat64.ts'
-import type { Data } from './schema.ts'
+import type { Config } from '../core/config.ts'
+import { isIpv4 } from '../addr/ipv4.ts'
+import { formatIpv6, parseIpv6 } from '../addr/ipv6.ts'
+import { macvlanName, normalizeMac } from '../addr/mac.ts'
+import { WELL_KNOWN_PREFIX } from '../nat64/prefix.ts'
+import type { Data } from '../core/schema.ts'
 
 export const CLAT_TUN = 'dgclat'
 /** tayga's own IPv4 address on the CLAT side: RFC 7335 sets 192.0.0.0/29 aside for exactly this. */

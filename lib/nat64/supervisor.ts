@@ -2,19 +2,19 @@
 // restarts it when it dies (with backoff when it keeps dying), follows SIGHUP (settings changed: restart;
 // turned off: stop), and stops it when the runner stops. tayga is detached, so a runner that crashed leaves
 // NAT64 working and its successor adopts the process when its config file still matches.
-import type { ApiRoute } from '../api.ts'
-import { retryDelaySeconds } from '../backoff.ts'
-import type { Config } from '../config.ts'
-import type { Sh } from '../exec.ts'
-import { isIpv4 } from '../ipv4.ts'
-import type { Logger } from '../log.ts'
-import { mappedAddress, overlaps4 } from '../nat64.ts'
-import { syncNat } from '../nat.ts'
+import type { ApiRoute } from '../core/api.ts'
+import { retryDelaySeconds } from '../core/backoff.ts'
+import type { Config } from '../core/config.ts'
+import type { Sh } from '../core/exec.ts'
+import { isIpv4 } from '../addr/ipv4.ts'
+import type { Logger } from '../core/log.ts'
+import { mappedAddress, overlaps4 } from './prefix.ts'
+import { syncNat } from '../reach/nat.ts'
 import { listLinks } from '../net/ip.ts'
 import {
   configureTun, nat64Status, runningConfig, startTayga, stopTayga, taygaConfig, taygaFiles, taygaPid, TUN, waitForTun, type Nat64Status,
 } from '../net/tayga.ts'
-import type { Store } from '../store.ts'
+import type { Store } from '../core/store.ts'
 
 const CHECK_MS = 1000
 const TUN_WAIT_MS = 3000

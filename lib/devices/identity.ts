@@ -2,17 +2,17 @@
 // routes that make its traffic leave from them. acquire-leases and prune-stale read as plans over this.
 import { existsSync } from 'node:fs'
 import { setTimeout as sleep } from 'node:timers/promises'
-import type { Config } from './config.ts'
-import type { Sh } from './exec.ts'
-import { formatIpv4, parseCidr4 } from './ipv4.ts'
-import { inPrefix6 } from './ipv6.ts'
-import type { Logger } from './log.ts'
-import { macvlanName } from './mac.ts'
-import { clientPid, readLease4, readLease6, startDhcp4, startDhcp6, stopClients, dhcp6Kind, type Lease4, type Lease6 } from './net/dhcp.ts'
-import { addMacvlan, deleteLink, getLink, setLinkUp, type LinkInfo } from './net/ip.ts'
-import { applyDeviceRoutes, removeDeviceRoutes } from './net/route.ts'
-import type { Offer } from './net/upstream.ts'
-import type { Device } from './schema.ts'
+import type { Config } from '../core/config.ts'
+import type { Sh } from '../core/exec.ts'
+import { formatIpv4, parseCidr4 } from '../addr/ipv4.ts'
+import { inPrefix6 } from '../addr/ipv6.ts'
+import type { Logger } from '../core/log.ts'
+import { macvlanName } from '../addr/mac.ts'
+import { clientPid, readLease4, readLease6, startDhcp4, startDhcp6, stopClients, dhcp6Kind, type Lease4, type Lease6 } from '../net/dhcp.ts'
+import { addMacvlan, deleteLink, getLink, setLinkUp, type LinkInfo } from '../net/ip.ts'
+import { applyDeviceRoutes, removeDeviceRoutes } from '../net/route.ts'
+import type { Offer } from '../net/upstream.ts'
+import type { Device } from '../core/schema.ts'
 
 export interface IdentityEnv { sh: Sh; config: Config; log: Logger }
 

@@ -2,12 +2,12 @@
 // upgrade comes back whole). An active device with a WAN IPv4 gets 1:1 source NAT out of its macvlan and
 // destination NAT back in; an IPv4 port forward gets its DNAT element. Anything else has no element, so a
 // pruned device or a removed forward leaves nothing behind.
-import type { Config } from './config.ts'
-import type { Sh } from './exec.ts'
-import { formatIpv4, isIpv4, parseCidr4 } from './ipv4.ts'
-import { addElements, ensureTable, syncMap, type TableOptions } from './net/nft.ts'
-import { TUN } from './net/tayga.ts'
-import type { Data } from './schema.ts'
+import type { Config } from '../core/config.ts'
+import type { Sh } from '../core/exec.ts'
+import { formatIpv4, isIpv4, parseCidr4 } from '../addr/ipv4.ts'
+import { addElements, ensureTable, syncMap, type TableOptions } from '../net/nft.ts'
+import { TUN } from '../net/tayga.ts'
+import type { Data } from '../core/schema.ts'
 
 export function tableOptions(config: Config): TableOptions {
   const lan = parseCidr4(config.lanAddr)

@@ -5,10 +5,10 @@
 import { existsSync } from 'node:fs'
 import { chmod, copyFile, lstat, mkdir, readFile, readlink, rename, rm, rmdir, stat, symlink, unlink, writeFile } from 'node:fs/promises'
 import path from 'node:path'
-import type { Sh } from './exec.ts'
-import { BACKUP_DIR, MANIFEST, type Step } from './install-plan.ts'
-import type { Platform } from './platform.ts'
-import { sha256 } from './system-files.ts'
+import type { Sh } from '../core/exec.ts'
+import { BACKUP_DIR, MANIFEST, type Step } from './plan.ts'
+import type { Platform } from '../core/platform.ts'
+import { sha256 } from '../core/system-files.ts'
 
 export interface Manifest {
   version: 1

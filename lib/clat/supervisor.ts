@@ -5,16 +5,16 @@
 // address routed out through its own table (so the translated packets leave from its macvlan). tayga cannot
 // reload, so a change in the set of devices restarts it; its TUN and the routes through it go and come back.
 import { existsSync } from 'node:fs'
-import type { ApiRoute } from '../api.ts'
-import { clatConfig, clatPlan, CLAT_MTU, CLAT_TUN, type ClatDevice, type ClatPlan } from '../clat.ts'
-import type { Config } from '../config.ts'
-import type { Sh } from '../exec.ts'
-import type { Logger } from '../log.ts'
+import type { ApiRoute } from '../core/api.ts'
+import { clatConfig, clatPlan, CLAT_MTU, CLAT_TUN, type ClatDevice, type ClatPlan } from './plan.ts'
+import type { Config } from '../core/config.ts'
+import type { Sh } from '../core/exec.ts'
+import type { Logger } from '../core/log.ts'
 import { getLink } from '../net/ip.ts'
 import { listRules, PREF_CLAT } from '../net/route.ts'
 import { findTayga, runningConfig, startTayga, stopTayga, taygaFiles, taygaPid, taygaSearchPath, waitForTun } from '../net/tayga.ts'
-import type { Store } from '../store.ts'
-import { watchStore } from './store-watch.ts'
+import type { Store } from '../core/store.ts'
+import { watchStore } from '../core/store-watch.ts'
 
 const NAME = 'clat'
 const CHECK_MS = 5000

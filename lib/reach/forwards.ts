@@ -1,9 +1,9 @@
 // Port forwards as people ask for them (CLI and API): validated against the LAN and the other forwards
 // before anything is written, so a refused request changes nothing.
 import { randomBytes } from 'node:crypto'
-import type { Config } from './config.ts'
-import { isHostIn, parseCidr4 } from './ipv4.ts'
-import type { Data, Forward } from './schema.ts'
+import type { Config } from '../core/config.ts'
+import { isHostIn, parseCidr4 } from '../addr/ipv4.ts'
+import type { Data, Forward } from '../core/schema.ts'
 
 export interface ForwardRequest { gatewayPort: unknown; deviceIp: unknown; devicePort: unknown; proto?: unknown; family?: unknown }
 

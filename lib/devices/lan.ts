@@ -1,9 +1,9 @@
 // The router's LAN as configured: its subnet and its own address, for validating what devices report.
-import type { Config } from './config.ts'
-import type { Sh } from './exec.ts'
-import { parseCidr4 } from './ipv4.ts'
-import { getLink } from './net/ip.ts'
-import type { LanView } from './net/neigh.ts'
+import type { Config } from '../core/config.ts'
+import type { Sh } from '../core/exec.ts'
+import { parseCidr4 } from '../addr/ipv4.ts'
+import { getLink } from '../net/ip.ts'
+import type { LanView } from '../net/neigh.ts'
 
 export function lanView(config: Config): LanView {
   const subnet = parseCidr4(config.lanAddr)

@@ -1,10 +1,10 @@
 // The gateway summary shared by `jobs/status.ts` and `GET /status`: read from the store and the kernel only,
 // so it answers on a console when the runner and the API are down.
-import type { Config } from './config.ts'
-import type { Sh } from './exec.ts'
-import { getLink, type LinkInfo } from './net/ip.ts'
-import { runnerPid } from './runner-state.ts'
-import { DEVICE_STATUSES, type Data, type DeviceStatus, type Run } from './schema.ts'
+import type { Config } from '../core/config.ts'
+import type { Sh } from '../core/exec.ts'
+import { getLink, type LinkInfo } from '../net/ip.ts'
+import { runnerPid } from '../core/runner-state.ts'
+import { DEVICE_STATUSES, type Data, type DeviceStatus, type Run } from '../core/schema.ts'
 
 export interface GatewayStatus {
   interfaces: { role: 'wan' | 'lan'; ifname: string; present: boolean; up: boolean; mac?: string; addresses: string[] }[]

@@ -1,7 +1,7 @@
 // Device records and their state changes. Every change of status is one log line with the device's MAC, so
 // `gateway-logs --device MAC` tells a device's story: discovered, acquiring, active, failed (why), gone.
-import type { Logger } from './log.ts'
-import type { Data, Device, DeviceStatus } from './schema.ts'
+import type { Logger } from '../core/log.ts'
+import type { Data, Device, DeviceStatus } from '../core/schema.ts'
 
 export interface Transition { mac: string; from?: DeviceStatus; to: DeviceStatus; reason?: string }
 

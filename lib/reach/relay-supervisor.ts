@@ -1,15 +1,15 @@
 // The relay inside the runner: one process for every IPv6-to-IPv4 listener. Its rules are a pure function of
 // the store (lib/relay-plan.ts); it reconciles when the store file is replaced, and every few seconds so
 // that a listener whose address was not configured yet (EADDRNOTAVAIL) is retried.
-import type { ApiRoute } from '../api.ts'
-import type { Config } from '../config.ts'
-import type { Sh } from '../exec.ts'
-import type { Logger } from '../log.ts'
+import type { ApiRoute } from '../core/api.ts'
+import type { Config } from '../core/config.ts'
+import type { Sh } from '../core/exec.ts'
+import type { Logger } from '../core/log.ts'
 import { getLink } from '../net/ip.ts'
-import { relayRules } from '../relay-plan.ts'
-import { createRelay, ruleKey, type ApplyResult, type RelayRule, type RelayStats } from '../relay.ts'
-import type { Store } from '../store.ts'
-import { watchStore } from './store-watch.ts'
+import { relayRules } from './relay-plan.ts'
+import { createRelay, ruleKey, type ApplyResult, type RelayRule, type RelayStats } from './relay.ts'
+import type { Store } from '../core/store.ts'
+import { watchStore } from '../core/store-watch.ts'
 
 const RETRY_MS = 5000
 

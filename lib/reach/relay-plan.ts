@@ -1,9 +1,9 @@
 // What the relay should listen on, as a pure function of the store: every active device with a WAN IPv6 and
 // a LAN IPv4 gets the configured relay ports on each of its WAN IPv6 addresses; IPv6 port forwards listen on
 // the router's own WAN IPv6 addresses. The runner applies this whenever the store changes.
-import type { Config } from './config.ts'
+import type { Config } from '../core/config.ts'
 import type { RelayRule } from './relay.ts'
-import type { Data } from './schema.ts'
+import type { Data } from '../core/schema.ts'
 
 export function relayRules(data: Data, config: Pick<Config, 'relayPorts' | 'relayUdpPorts'>, routerWanIpv6: string[]): RelayRule[] {
   const rules: RelayRule[] = []

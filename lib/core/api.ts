@@ -8,12 +8,12 @@ import { H3, HTTPError, getQuery, getRouterParam, type H3Event, type HTTPMethod 
 import type { Config } from './config.ts'
 import { createSh, type Sh } from './exec.ts'
 import type { Logger } from './log.ts'
-import { normalizeMac } from './mac.ts'
-import { EventError, parseEvent, type HookEvent } from './runner/events.ts'
+import { normalizeMac } from '../addr/mac.ts'
+import { EventError, parseEvent, type HookEvent } from '../runner/events.ts'
 import { DEVICE_STATUSES, type Data, type DeviceStatus } from './schema.ts'
-import { countDevices, gatewayStatus } from './status.ts'
+import { countDevices, gatewayStatus } from '../devices/status.ts'
 import type { Store } from './store.ts'
-import { checkForward, findForward, ForwardError, type ForwardRequest } from './forwards.ts'
+import { checkForward, findForward, ForwardError, type ForwardRequest } from '../reach/forwards.ts'
 
 /** What the API needs from the runner; absent when the API runs without one (tests, tools). */
 export interface RunnerControl {
@@ -276,7 +276,7 @@ export const ROUTES: ApiRoute[] = [
 
 /** The version in the package.json above this module (lib/ in a checkout, dist/lib/ when built). */
 export function packageVersion(): string {
-  for (const rel of ['../package.json', '../../package.json']) {
+  for (const rel of ['../../package.json', '../../../package.json']) {
     try {
       const pkg = JSON.parse(readFileSync(new URL(rel, import.meta.url), 'utf8')) as { name?: string; version?: string }
       if (pkg.name === 'dualgate' && pkg.version) return pkg.version

@@ -1,8 +1,8 @@
 // What `install` puts where, per platform, as data: files copied from the build, files written, links, UCI
 // sections and service commands. jobs/install.ts applies a plan and records it in a manifest, so that
 // uninstall removes exactly that and restores what was there before. Pure.
-import { dnsmasqDropIn } from './dnsmasq.ts'
-import type { Platform } from './platform.ts'
+import { dnsmasqDropIn } from '../net/dnsmasq.ts'
+import type { Platform } from '../core/platform.ts'
 
 export const INSTALL_DIR = '/usr/lib/dualgate'
 export const MANIFEST = `${INSTALL_DIR}/.manifest.json`

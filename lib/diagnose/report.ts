@@ -1,7 +1,7 @@
 // What diagnose reports, and the pure parts of its checks: each check is one line a person can act on,
 // with the fix `--fix` would apply. The system is read elsewhere (lib/diagnose.ts); here are only the rules.
-import type { RelayRule } from './relay.ts'
-import { formatTable } from './table.ts'
+import type { RelayRule } from '../reach/relay.ts'
+import { formatTable } from '../core/table.ts'
 
 export type CheckStatus = 'pass' | 'warn' | 'fail'
 
