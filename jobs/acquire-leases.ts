@@ -6,6 +6,7 @@ import { mkdir } from 'node:fs/promises'
 import pLimit from 'p-limit'
 import { retryDelaySeconds } from '../lib/core/backoff.ts'
 import { freeRouteTable, logTransitions, setStatus, type Transition } from '../lib/devices/state.ts'
+import { setSysctls } from '../lib/net/sysctl.ts'
 import { acquireIdentity, refreshIdentity, releaseIdentity, wanSysctls, type IdentityEnv } from '../lib/devices/identity.ts'
 import { defineJob, runMain, type Payload } from '../lib/core/job.ts'
 import { requireInterfaces } from '../lib/devices/lan.ts'
@@ -58,7 +59,7 @@ const job = defineJob({
 
     await requireInterfaces(sh, config)
     if (!ctx.dryRun) await mkdir(config.runDir, { recursive: true })
-    await sh.apply('sysctl', ['-q', '-w', ...wanSysctls(config.wanIf)])
+    await setSysctls(sh, wanSysctls(config.wanIf))
     await ensureLanRule(sh, config.lanAddr)
     await syncNat(ctx, before)
     const offer = await probeUpstream(sh, config.wanIf)

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // The device table, optionally filtered by status.
 import { defineJob, runMain, UsageError } from '../lib/core/job.ts'
+import { listDevices, statusFilterError } from '../lib/devices/state.ts'
 import { DEVICE_STATUSES, type Device, type DeviceStatus } from '../lib/core/schema.ts'
 import { ago, formatTable } from '../lib/core/table.ts'
 
@@ -11,11 +12,9 @@ const job = defineJob({
   async run({ ctx }) {
     const [status, ...extra] = ctx.args
     if (extra.length > 0) throw new UsageError(`unexpected argument "${extra[0]}"`)
-    if (status !== undefined && !DEVICE_STATUSES.includes(status as DeviceStatus)) {
-      throw new UsageError(`unknown status "${status}"; one of ${DEVICE_STATUSES.join(', ')}`)
-    }
-    const devices = Object.values((await ctx.store.read()).devices)
-    return devices.filter((d) => !status || d.status === status).sort((a, b) => a.firstSeen.localeCompare(b.firstSeen))
+    const why = statusFilterError(status)
+    if (why) throw new UsageError(why)
+    return listDevices(await ctx.store.read(), status as DeviceStatus | undefined)
   },
   format(devices: Device[]) {
     if (devices.length === 0) return 'no devices'

@@ -3,8 +3,9 @@
 // store, nftables, macvlans, DHCP clients, runner, API, relay, tools) and, with --fix CHECK or --fix-all,
 // repairs what it safely can, then checks again. Exit status 1 when a check still fails.
 import { CHECK_IDS, failed, formatReport, selectFixes, type Check, type CheckId, type FixOutcome } from '../lib/diagnose/report.ts'
-import { createEnv, probe, type DiagEnv } from '../lib/diagnose/checks.ts'
-import { defineJob, runMain, UsageError, type JobContext } from '../lib/core/job.ts'
+import { probe } from '../lib/diagnose/checks.ts'
+import { createEnv, type DiagEnv } from '../lib/diagnose/env.ts'
+import { defineJob, execute, runMain, UsageError, type JobContext } from '../lib/core/job.ts'
 import { detectPlatform, type Platform } from '../lib/core/platform.ts'
 import acquireLeases from './acquire-leases.ts'
 
@@ -30,7 +31,8 @@ const job = defineJob({
     const selected = selectFixes(fixList(ctx), !!ctx.options['fix-all'])
     if (typeof selected === 'string') throw new UsageError(selected)
     const platform = detectPlatform(ctx.config.rootDir, ctx.config.platform)
-    const acquire = async () => { await acquireLeases.run({ payload: [], ctx }) }
+    // Through the job contract, so a repair waits for (and is waited for by) any other acquire-leases run.
+    const acquire = async () => { await execute(acquireLeases, [], ctx) }
     const fresh = () => createEnv(ctx, platform, acquire)
 
     const first = await runChecks(fresh())

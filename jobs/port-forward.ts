@@ -1,10 +1,10 @@
 #!/usr/bin/env node
 // Port forwards from the command line: add, remove, list, and the original gateway's per-device defaults.
-import { checkForward, findForward, ForwardError, QUICK_DEVICE_PORTS } from '../lib/reach/forwards.ts'
+import { addForwards, ForwardError, QUICK_DEVICE_PORTS, removeForward } from '../lib/reach/forwards.ts'
 import { defineJob, runMain, UsageError, type JobContext } from '../lib/core/job.ts'
 import { requireInterfaces } from '../lib/devices/lan.ts'
 import { syncNat } from '../lib/reach/nat.ts'
-import type { Data, Forward } from '../lib/core/schema.ts'
+import type { Forward } from '../lib/core/schema.ts'
 import { formatTable } from '../lib/core/table.ts'
 import { requestRun } from '../lib/core/trigger.ts'
 
@@ -15,10 +15,10 @@ async function applied(ctx: JobContext): Promise<void> {
   if (!ctx.dryRun) await requestRun(ctx.config, 'refresh-proxies', 'port-forward', 'changed')
 }
 
-/** Runs `change` in the store; a ForwardError becomes a usage error and nothing is written. */
-async function change(ctx: JobContext, fn: (data: Data) => Forward[]): Promise<Forward[]> {
+/** A refused change (ForwardError) becomes a usage error; nothing was written. */
+async function change<T>(work: Promise<T>): Promise<T> {
   try {
-    return await ctx.store.update(fn)
+    return await work
   } catch (err) {
     if (err instanceof ForwardError) throw new UsageError(err.message)
     throw err
@@ -42,11 +42,7 @@ const job = defineJob({
       case 'add': {
         if (args.length !== 3) throw new UsageError('add takes <gatewayPort> <deviceIp> <devicePort>')
         const [gatewayPort, deviceIp, devicePort] = args
-        const added = await change(ctx, (data) => {
-          const f = checkForward(data, ctx.config, { gatewayPort, deviceIp, devicePort, ...opts })
-          data.forwards.push(f)
-          return [f]
-        })
+        const added = await change(addForwards(ctx.store, ctx.config, [{ gatewayPort, deviceIp, devicePort, ...opts }]))
         await applied(ctx)
         ctx.log.info(`forward ${added[0].id}: ${added[0].proto}/${gatewayPort} -> ${deviceIp}:${devicePort} (IPv${added[0].family})`)
         return { action: 'add', forwards: added }
@@ -54,23 +50,14 @@ const job = defineJob({
       case 'remove': {
         if (args.length !== 1 && args.length !== 3) throw new UsageError('remove takes <id> or <gatewayPort> <deviceIp> <devicePort>')
         const key = args.length === 1 ? { id: args[0] } : { gatewayPort: args[0], deviceIp: args[1], devicePort: args[2] }
-        const removed = await change(ctx, (data) => {
-          const f = findForward(data, key)
-          if (!f) throw new ForwardError(`no forward ${args.join(' ')}`, 404)
-          data.forwards = data.forwards.filter((x) => x !== f)
-          return [f]
-        })
+        const removed = await change(removeForward(ctx.store, key))
         await applied(ctx)
-        ctx.log.info(`forward ${removed[0].id} removed`)
-        return { action: 'remove', forwards: removed }
+        ctx.log.info(`forward ${removed.id} removed`)
+        return { action: 'remove', forwards: [removed] }
       }
       case 'quick-device': {
         if (args.length !== 1) throw new UsageError('quick-device takes <deviceIp>')
-        const added = await change(ctx, (data) => {
-          const fs = QUICK_DEVICE_PORTS.map(([gatewayPort, devicePort]) => checkForward(data, ctx.config, { gatewayPort, deviceIp: args[0], devicePort, ...opts }))
-          data.forwards.push(...fs)
-          return fs
-        })
+        const added = await change(addForwards(ctx.store, ctx.config, QUICK_DEVICE_PORTS.map(([gatewayPort, devicePort]) => ({ gatewayPort, deviceIp: args[0], devicePort, ...opts }))))
         await applied(ctx)
         return { action: 'quick-device', forwards: added }
       }

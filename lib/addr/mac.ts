@@ -21,6 +21,9 @@ export function isDeviceMac(mac: string): boolean {
   return mac !== '00:00:00:00:00:00' && (first & 1) === 0
 }
 
+/** Device macvlans by name (macvlanName). */
+export const MACVLAN_NAME = /^dg[0-9a-f]{12}$/
+
 /** Stable interface name for a device's macvlan, within Linux's 15 characters: `dg` + the 12 hex digits. */
 export function macvlanName(mac: string): string {
   return `dg${mac.replaceAll(':', '')}`

@@ -7,10 +7,12 @@ import type { Config } from '../core/config.ts'
 import { isIpv4 } from '../addr/ipv4.ts'
 import { formatIpv6, parseIpv6 } from '../addr/ipv6.ts'
 import { macvlanName, normalizeMac } from '../addr/mac.ts'
-import { WELL_KNOWN_PREFIX } from '../nat64/prefix.ts'
+import { WELL_KNOWN_PREFIX } from '../addr/nat64.ts'
 import type { Data } from '../core/schema.ts'
 
 export const CLAT_TUN = 'dgclat'
+/** The instance name of the CLAT's tayga in the run directory (lib/net/tayga.ts). */
+export const CLAT_INSTANCE = 'clat'
 /** tayga's own IPv4 address on the CLAT side: RFC 7335 sets 192.0.0.0/29 aside for exactly this. */
 export const CLAT_IPV4 = '192.0.0.1'
 /** IPv4 over the CLAT costs 20 bytes of header: forwarded packets are held to this, so a 1500-byte WAN fits. */

@@ -4,7 +4,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import path from 'node:path'
 import { validate as validCron } from 'node-cron'
 import { z } from 'zod'
-import { nat64PoolError, nat64PrefixError, prefix96Error } from '../nat64/prefix.ts'
+import { nat64PoolError, nat64PrefixError, prefix96Error } from '../addr/nat64.ts'
 import { parseUci, UciSyntaxError } from './uci.ts'
 
 const ifname = z.string().regex(/^[A-Za-z0-9_.@-]{1,15}$/, 'not an interface name (1-15 of A-Z a-z 0-9 _ . @ -)')

@@ -14,3 +14,12 @@ function findRoot(): string {
 
 export const ROOT = findRoot()
 export const HOOKS_DIR = path.join(ROOT, 'hooks')
+
+/** The first file called `name` in the directories of `searchPath` ($PATH by default). */
+export function findInPath(name: string, searchPath = process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin'): string | undefined {
+  for (const dir of searchPath.split(':').filter(Boolean)) {
+    const file = path.join(dir, name)
+    if (existsSync(file)) return file
+  }
+  return undefined
+}

@@ -21,3 +21,14 @@ export function runnerPid(dataDir: string): number | undefined {
     return undefined
   }
 }
+
+/** The runner's PID when the PID file names a live runner, not an unrelated process that took a recycled PID. */
+export function liveRunner(dataDir: string): number | undefined {
+  const pid = runnerPid(dataDir)
+  if (pid === undefined) return undefined
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('runner/main') ? pid : undefined
+  } catch {
+    return undefined
+  }
+}

@@ -10,7 +10,7 @@
 import { watch, type FSWatcher } from 'node:fs'
 import { mkdir, readdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises'
 import path from 'node:path'
-import { parseEvent, type HookEvent } from '../runner/events.ts'
+import { parseEvent, type HookEvent } from './event.ts'
 
 export function spoolDir(dataDir: string): string {
   return path.join(dataDir, 'spool')

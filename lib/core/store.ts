@@ -178,3 +178,41 @@ export function openStore(opts: StoreOptions): Store {
     },
   }
 }
+
+/** The store file as it is on disk. When it is corrupt, its newest valid backup stands in for the other checks. */
+export interface StoreView {
+  file: string
+  data?: Data
+  missing?: boolean
+  error?: string
+  /** Valid backups, newest first. */
+  backups: string[]
+}
+
+export async function readStoreView(dataDir: string): Promise<StoreView> {
+  const file = path.join(dataDir, 'dualgate.json')
+  const backupDir = path.join(dataDir, 'backups')
+  const names = (await readdir(backupDir).catch(() => [] as string[])).filter((n) => /^dualgate-.*\.json$/.test(n)).sort().reverse()
+  const backups: string[] = []
+  let fallback: Data | undefined
+  for (const n of names) {
+    try {
+      const data = parseData(await readFile(path.join(backupDir, n), 'utf8'))
+      fallback ??= data
+      backups.push(path.join(backupDir, n))
+    } catch { /* an invalid backup is no backup */ }
+  }
+  let text: string
+  try {
+    text = await readFile(file, 'utf8')
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { file, data: emptyData(), missing: true, backups }
+    return { file, error: (err as Error).message, data: fallback, backups }
+  }
+  try {
+    return { file, data: parseData(text), backups }
+  } catch (err) {
+    if (!(err instanceof SchemaError)) throw err
+    return { file, error: err.message, data: fallback, backups }
+  }
+}

@@ -42,3 +42,8 @@ export async function writeSystemFile(file: string, content: string, backupDir: 
   await rename(tmp, file)
   return { changed: true, backup }
 }
+
+/** Where the copies of system files go before dualgate changes them (diagnose --fix, the installer). */
+export function systemBackupDir(dataDir: string): string {
+  return path.join(dataDir, 'backups', 'system')
+}

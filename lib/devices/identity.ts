@@ -9,6 +9,7 @@ import { inPrefix6 } from '../addr/ipv6.ts'
 import type { Logger } from '../core/log.ts'
 import { macvlanName } from '../addr/mac.ts'
 import { clientPid, readLease4, readLease6, startDhcp4, startDhcp6, stopClients, dhcp6Kind, type Lease4, type Lease6 } from '../net/dhcp.ts'
+import { confKey, setSysctls } from '../net/sysctl.ts'
 import { addMacvlan, deleteLink, getLink, setLinkUp, type LinkInfo } from '../net/ip.ts'
 import { applyDeviceRoutes, removeDeviceRoutes } from '../net/route.ts'
 import type { Offer } from '../net/upstream.ts'
@@ -31,29 +32,29 @@ const POLL_MS = 200
 
 /** Per-interface settings of a device macvlan: answer ARP only for its own addresses, accept RAs although
  * the router forwards, SLAAC from the device's MAC (EUI-64), and no default route in the main table. */
-function macvlanSysctls(ifname: string): string[] {
-  return [
-    `net.ipv4.conf.${ifname}.arp_ignore=1`,
-    `net.ipv4.conf.${ifname}.arp_announce=2`,
-    `net.ipv4.conf.${ifname}.rp_filter=0`,
-    `net.ipv6.conf.${ifname}.accept_ra=2`,
-    `net.ipv6.conf.${ifname}.accept_ra_defrtr=0`,
-    `net.ipv6.conf.${ifname}.autoconf=1`,
-    `net.ipv6.conf.${ifname}.addr_gen_mode=0`,
-    `net.ipv6.conf.${ifname}.accept_dad=0`,
-  ]
+function macvlanSysctls(ifname: string): Record<string, string> {
+  return {
+    [confKey(ifname, 'arp_ignore')]: '1',
+    [confKey(ifname, 'arp_announce')]: '2',
+    [confKey(ifname, 'rp_filter')]: '0',
+    [confKey(ifname, 'accept_ra', 6)]: '2',
+    [confKey(ifname, 'accept_ra_defrtr', 6)]: '0',
+    [confKey(ifname, 'autoconf', 6)]: '1',
+    [confKey(ifname, 'addr_gen_mode', 6)]: '0',
+    [confKey(ifname, 'accept_dad', 6)]: '0',
+  }
 }
 
 /** The WAN port must not answer ARP for addresses that belong to device macvlans. */
-export function wanSysctls(wanIf: string): string[] {
-  return [`net.ipv4.conf.${wanIf}.arp_ignore=1`, `net.ipv4.conf.${wanIf}.arp_announce=2`]
+export function wanSysctls(wanIf: string): Record<string, string> {
+  return { [confKey(wanIf, 'arp_ignore')]: '1', [confKey(wanIf, 'arp_announce')]: '2' }
 }
 
 export async function ensureMacvlan(env: IdentityEnv, mac: string): Promise<string> {
   const ifname = macvlanName(mac)
   if (!(await getLink(env.sh, ifname))) {
     await addMacvlan(env.sh, { parent: env.config.wanIf, name: ifname, mac })
-    await env.sh.apply('sysctl', ['-q', '-w', ...macvlanSysctls(ifname)])
+    await setSysctls(env.sh, macvlanSysctls(ifname))
   }
   await setLinkUp(env.sh, ifname)
   return ifname

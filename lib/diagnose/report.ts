@@ -1,6 +1,7 @@
 // What diagnose reports, and the pure parts of its checks: each check is one line a person can act on,
-// with the fix `--fix` would apply. The system is read elsewhere (lib/diagnose.ts); here are only the rules.
-import type { RelayRule } from '../reach/relay.ts'
+// with the fix `--fix` would apply. The system is read by the checks (./checks.ts); here are only the rules.
+import { MACVLAN_NAME } from '../addr/mac.ts'
+import { ruleKey, type RelayRule } from '../reach/relay.ts'
 import { formatTable } from '../core/table.ts'
 
 export type CheckStatus = 'pass' | 'warn' | 'fail'
@@ -82,8 +83,6 @@ export function checkDisk(where: string, free: number, total: number): Check {
   return pass('disk', text)
 }
 
-export interface SysctlRead { key: string; value: string | undefined }
-
 /**
  * Forwarding: IPv4 is what the devices need (their traffic is routed and NATed). IPv6 reaches devices through
  * the user-space relay, so its forwarding is reported, not forced: turning it on stops the kernel from taking
@@ -128,9 +127,6 @@ export function mapDifferences(want: Record<string, Map<string, string>>, have: 
   return out
 }
 
-/** Device macvlans by name: `dg` + 12 hex digits (lib/mac.ts macvlanName). */
-export const MACVLAN_NAME = /^dg[0-9a-f]{12}$/
-
 export interface DeviceView { mac: string; status: string; ifname: string }
 
 /** Macvlans without an active or acquiring device (orphans), and active devices without their macvlan. */
@@ -142,8 +138,6 @@ export function macvlanDiff(links: string[], devices: DeviceView[]): { orphans: 
     missing: devices.filter((d) => d.status === 'active' && !present.has(d.ifname)).map((d) => d.mac).sort(),
   }
 }
-
-const ruleKey = (r: RelayRule) => `${r.proto} [${r.listen.host}]:${r.listen.port} -> ${r.target.host}:${r.target.port}`
 
 export function relayDiff(want: RelayRule[], have: RelayRule[]): { missing: string[]; extra: string[] } {
   const w = new Set(want.map(ruleKey))

@@ -2,23 +2,23 @@
 // runner, the per-device DHCP clients (by their PID files, each checked to really be that client), tayga, the device
 // macvlans, policy rules and routing tables, the nftables table, and the system files gateway-diagnose --fix
 // may have written (put back from their backups). Each step finds nothing the second time.
-import { readFileSync } from 'node:fs'
 import { readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { MACVLAN_NAME } from '../diagnose/report.ts'
-import { clatAddress, CLAT_TUN } from '../clat/plan.ts'
+import { MACVLAN_NAME } from '../addr/mac.ts'
+import { clatAddress, CLAT_INSTANCE, CLAT_TUN } from '../clat/plan.ts'
 import type { Config } from '../core/config.ts'
-import { readStoreView, systemBackupDir } from '../diagnose/checks.ts'
 import type { Sh } from '../core/exec.ts'
-import { stopClients } from '../net/dhcp.ts'
+import { systemPath } from '../core/platform.ts'
+import { liveRunner } from '../core/runner-state.ts'
+import { readStoreView } from '../core/store.ts'
+import { backupName, systemBackupDir } from '../core/system-files.ts'
+import { stopNat64, TUN } from '../nat64/plan.ts'
+import { interfacesWithClients, stopClients } from '../net/dhcp.ts'
 import { deleteLink, getLink, listLinks } from '../net/ip.ts'
 import { TABLE, deleteTable } from '../net/nft.ts'
-import { stopTayga, TUN } from '../net/tayga.ts'
-import { listRules, PREF_DEVICE, PREF_LAN, removeDeviceRoutes } from '../net/route.ts'
-import { systemPath } from '../core/platform.ts'
-import { runnerPid } from '../core/runner-state.ts'
-import { backupName } from '../core/system-files.ts'
+import { deviceTables, listRules, PREF_LAN, removeDeviceRoutes } from '../net/route.ts'
+import { stopTayga } from '../net/tayga.ts'
 
 export interface TeardownReport {
   runner?: number
@@ -35,13 +35,8 @@ export const DIAGNOSE_FILES = ['/etc/sysctl.d/90-dualgate.conf', '/etc/dnsmasq.d
 const alive = (pid: number) => { try { process.kill(pid, 0); return true } catch { return false } }
 
 async function stopRunner(sh: Sh, dataDir: string): Promise<number | undefined> {
-  const pid = runnerPid(dataDir)
+  const pid = liveRunner(dataDir)
   if (!pid) return undefined
-  try {
-    if (!readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('runner/main')) return undefined
-  } catch {
-    return undefined
-  }
   await sh.apply('kill', ['-TERM', String(pid)], { nothrow: true })
   // The runner stops its jobs within a few seconds (lib/runner/main.ts); then it is made to.
   for (let i = 0; i < 100 && !sh.dryRun && alive(pid); i++) await sleep(200)
@@ -53,23 +48,17 @@ export async function teardownNetwork(sh: Sh, config: Config): Promise<TeardownR
   const report: TeardownReport = { clients: [], macvlans: [], tables: [], nft: false, files: [] }
   report.runner = await stopRunner(sh, config.dataDir)
   // The runner stops tayga; one it left behind (killed) goes here. Its pool rule goes with the PREF_LAN ones.
-  if (await stopTayga(sh, config.runDir)) report.clients.push(TUN)
-  if (await stopTayga(sh, config.runDir, undefined, 'clat')) report.clients.push(CLAT_TUN)
+  if (await stopNat64(sh, config.runDir, undefined)) report.clients.push(TUN)
+  if (await stopTayga(sh, config.runDir, CLAT_INSTANCE)) report.clients.push(CLAT_TUN)
 
-  const pidFiles = await readdir(config.runDir).catch(() => [] as string[])
-  const ifnames = new Set(pidFiles.map((n) => /^(dg[0-9a-f]{12})\.(udhcpc|dhclient6|odhcp6c)\.pid$/.exec(n)?.[1]).filter((x): x is string => !!x))
-  for (const ifname of ifnames) {
+  for (const ifname of (await interfacesWithClients(config.runDir)).filter((i) => MACVLAN_NAME.test(i))) {
     await stopClients(sh, config.runDir, ifname, config.dataDir)
     report.clients.push(ifname)
   }
 
   const data = (await readStoreView(config.dataDir)).data
-  const tables = new Set(Object.values(data?.devices ?? {}).map((d) => d.routeTable).filter((t): t is number => t !== undefined))
-  for (const family of [4, 6] as const) {
-    for (const rule of await listRules(sh, family)) {
-      if (rule.priority === PREF_DEVICE && rule.table && /^\d+$/.test(rule.table) && Number(rule.table) >= 1000) tables.add(Number(rule.table))
-    }
-  }
+  const tables = await deviceTables(sh)
+  for (const d of Object.values(data?.devices ?? {})) if (d.routeTable !== undefined) tables.add(d.routeTable)
   for (const table of [...tables].sort()) await removeDeviceRoutes(sh, table)
   report.tables = [...tables].sort()
   // The rule that keeps LAN traffic in the main table (lib/net/route.ts ensureLanRule).
@@ -78,7 +67,7 @@ export async function teardownNetwork(sh: Sh, config: Config): Promise<TeardownR
     await sh.apply('ip', ['-4', 'rule', 'del', 'pref', String(PREF_LAN), 'to', `${rule.dst}/${(rule as { dstlen?: number }).dstlen ?? 32}`, 'lookup', 'main'], { nothrow: true })
   }
 
-  // The CLAT's own address is proxied on the WAN port (lib/runner/clat.ts); a killed runner leaves it.
+  // The CLAT's own address is proxied on the WAN port (lib/clat/supervisor.ts); a killed runner leaves it.
   const wan = await getLink(sh, config.wanIf)
   const prefix64 = data?.upstream.prefixes.find((p) => p.endsWith('/64'))
   if (wan?.mac && prefix64) await sh.apply('ip', ['-6', 'neigh', 'del', 'proxy', clatAddress(prefix64, wan.mac), 'dev', config.wanIf], { nothrow: true })

@@ -2,8 +2,9 @@
 // DHCPv6, both of which use a DUID-LL made from the interface's MAC, so each device is its own client
 // upstream. Clients run detached and keep renewing; their event scripts write lease records that are
 // parsed here, strictly, because they carry what the upstream server sent.
+import { findInPath } from '../core/paths.ts'
 import { existsSync, readFileSync } from 'node:fs'
-import { readFile, rm } from 'node:fs/promises'
+import { readFile, readdir, rm } from 'node:fs/promises'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Sh } from '../core/exec.ts'
@@ -89,9 +90,17 @@ export function clientPid(runDir: string, ifname: string, kind: ClientKind): num
   }
 }
 
+const CLIENT_KINDS: ClientKind[] = ['udhcpc', 'dhclient6', 'odhcp6c']
+
+/** The interfaces that have a DHCP client's PID file in `runDir` (dead or alive). */
+export async function interfacesWithClients(runDir: string): Promise<string[]> {
+  const names = await readdir(runDir).catch(() => [] as string[])
+  const ifnames = names.map((n) => /^(.+)\.([a-z0-9]+)\.pid$/.exec(n)).filter((m) => m && CLIENT_KINDS.includes(m[2] as ClientKind)).map((m) => m![1])
+  return [...new Set(ifnames)]
+}
+
 export function dhcp6Kind(): ClientKind {
-  const dirs = (process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(':')
-  return dirs.some((d) => existsSync(path.join(d, 'odhcp6c'))) ? 'odhcp6c' : 'dhclient6'
+  return findInPath('odhcp6c') ? 'odhcp6c' : 'dhclient6'
 }
 
 export interface ClientOptions {
@@ -145,7 +154,7 @@ export async function stopClients(sh: Sh, runDir: string, ifname: string, dataDi
     for (let i = 0; i < 30 && !sh.dryRun && existsSync(`/proc/${pid}`); i++) await sleep(100)
   }
   if (!sh.dryRun) {
-    for (const name of [`${ifname}.v4`, `${ifname}.v4.event`, `${ifname}.v6`, `${ifname}.dhclient6.leases`, `${ifname}.log`, ...(['udhcpc', 'odhcp6c', 'dhclient6'] as const).map((k) => `${ifname}.${k}.pid`)]) {
+    for (const name of [`${ifname}.v4`, `${ifname}.v4.event`, `${ifname}.v6`, `${ifname}.dhclient6.leases`, `${ifname}.log`, ...CLIENT_KINDS.map((k) => `${ifname}.${k}.pid`)]) {
       await rm(path.join(runDir, name), { force: true })
     }
   }

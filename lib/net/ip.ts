@@ -38,6 +38,11 @@ export async function listLinks(sh: Sh): Promise<LinkInfo[]> {
   return parseLinks(stdout)
 }
 
+/** The global IPv6 addresses on a link: on the WAN, the router's own (IPv6 forwards listen there). */
+export function globalIpv6(link: LinkInfo | undefined): string[] {
+  return (link?.addresses ?? []).filter((a) => a.family === 6 && a.scope === 'global').map((a) => a.address)
+}
+
 export async function getLink(sh: Sh, ifname: string): Promise<LinkInfo | undefined> {
   const { stdout, code } = await sh.query('ip', ['-j', '-d', 'addr', 'show', 'dev', ifname], { nothrow: true })
   return code === 0 ? parseLinks(stdout)[0] : undefined
@@ -53,13 +58,4 @@ export async function setLinkUp(sh: Sh, ifname: string): Promise<void> {
 
 export async function deleteLink(sh: Sh, ifname: string): Promise<void> {
   await sh.apply('ip', ['link', 'del', 'dev', ifname], { nothrow: true })
-}
-
-export async function sysctl(sh: Sh, key: string, value?: string): Promise<string | undefined> {
-  if (value === undefined) {
-    const { stdout, code } = await sh.query('sysctl', ['-n', key], { nothrow: true })
-    return code === 0 ? stdout.trim() : undefined
-  }
-  await sh.apply('sysctl', ['-q', '-w', `${key}=${value}`])
-  return value
 }

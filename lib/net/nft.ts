@@ -1,7 +1,6 @@
 // The project's own nftables table. It is declared whole here; what changes at run time are the elements
 // of its maps and sets, reconciled by difference, so a new device or forward never rebuilds the rules and
 // teardown is exact. The table survives firewall4 reloads (fw4 only replaces `inet fw4`).
-import { CLAT_MTU, CLAT_TUN } from '../clat/plan.ts'
 import type { Sh } from '../core/exec.ts'
 
 export const TABLE = 'dualgate'
@@ -13,8 +12,10 @@ export interface TableOptions {
   lanIf: string
   /** The LAN as a network prefix, e.g. 192.168.1.0/24, for hairpin NAT. */
   lanNet: string
-  /** tayga's TUN device when NAT64 is on (lib/net/tayga.ts). */
+  /** tayga's TUN device when NAT64 is on. */
   nat64?: string
+  /** The CLAT's TUN device, and the MSS TCP SYNs into it are clamped to. */
+  clat: { tun: string; mss: number }
 }
 
 /** The table's comment names the version of its rules and the settings baked into them. */
@@ -54,9 +55,6 @@ function nat64Rules(o: TableOptions): { postrouting: string[]; chains: string } 
 export function tableDefinition(o: TableOptions): string {
   const ports = o.dnatPorts === 'all' ? '' : `meta l4proto { tcp, udp } th dport { ${o.dnatPorts} } `
   const nat64 = nat64Rules(o)
-  // 464XLAT (lib/clat.ts) carries IPv4 at CLAT_MTU: a device's TCP connections through it are held to that
-  // from their SYN (the server answers with no more), since many small devices never do path MTU discovery.
-  const mss = CLAT_MTU - 40
   return `table inet ${TABLE} {
   comment "${stamp(o)}"
   map dev_snat4 { type ipv4_addr : ipv4_addr; }
@@ -74,7 +72,7 @@ export function tableDefinition(o: TableOptions): string {
   }${nat64.chains}
   chain clat_mss {
     type filter hook forward priority mangle; policy accept;
-    oifname "${CLAT_TUN}" tcp flags syn / syn,rst tcp option maxseg size > ${mss} counter tcp option maxseg size set ${mss}
+    oifname "${o.clat.tun}" tcp flags syn / syn,rst tcp option maxseg size > ${o.clat.mss} counter tcp option maxseg size set ${o.clat.mss}
   }
 }
 `

@@ -6,7 +6,7 @@ import type { Sh } from '../core/exec.ts'
 /** Rule priorities: LAN-internal traffic keeps the main table, then the per-device rules. */
 export const PREF_LAN = 1000
 export const PREF_DEVICE = 1100
-/** The CLAT's rules into a device's table (lib/runner/clat.ts): its own priority, so removing them never
+/** The CLAT's rules into a device's table (lib/clat/supervisor.ts): its own priority, so removing them never
  * takes a rule of the device's IPv4 identity with them. */
 export const PREF_CLAT = 1101
 
@@ -26,6 +26,20 @@ interface RuleJson { priority: number; src?: string; srclen?: number; dst?: stri
 export async function listRules(sh: Sh, family: 4 | 6): Promise<RuleJson[]> {
   const { stdout } = await sh.query('ip', [`-${family}`, '-j', 'rule', 'show'])
   return JSON.parse(stdout || '[]') as RuleJson[]
+}
+
+/** Device tables start here (freeRouteTable in lib/devices/state.ts). */
+export const FIRST_DEVICE_TABLE = 1000
+
+/** The routing tables that device rules point at now, IPv4 and IPv6. */
+export async function deviceTables(sh: Sh): Promise<Set<number>> {
+  const tables = new Set<number>()
+  for (const family of [4, 6] as const) {
+    for (const rule of await listRules(sh, family)) {
+      if (rule.priority === PREF_DEVICE && rule.table && /^\d+$/.test(rule.table) && Number(rule.table) >= FIRST_DEVICE_TABLE) tables.add(Number(rule.table))
+    }
+  }
+  return tables
 }
 
 /** The rule that keeps LAN-to-LAN traffic in the main table (shared by all devices). */
@@ -88,11 +102,4 @@ export async function removeDeviceRoutes(sh: Sh, table: number): Promise<void> {
     }
     await sh.apply('ip', [`-${family}`, 'route', 'flush', 'table', String(table)], { nothrow: true })
   }
-}
-
-/** IPv6 default gateway the kernel learned from RAs on an interface (a link-local address). */
-export async function ra6Gateway(sh: Sh, ifname: string): Promise<string | undefined> {
-  const { stdout } = await sh.query('ip', ['-6', '-j', 'route', 'show', 'default', 'dev', ifname])
-  const routes = JSON.parse(stdout || '[]') as { gateway?: string }[]
-  return routes.find((x) => x.gateway)?.gateway
 }

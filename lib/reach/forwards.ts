@@ -4,6 +4,7 @@ import { randomBytes } from 'node:crypto'
 import type { Config } from '../core/config.ts'
 import { isHostIn, parseCidr4 } from '../addr/ipv4.ts'
 import type { Data, Forward } from '../core/schema.ts'
+import type { Store } from '../core/store.ts'
 
 export interface ForwardRequest { gatewayPort: unknown; deviceIp: unknown; devicePort: unknown; proto?: unknown; family?: unknown }
 
@@ -45,6 +46,29 @@ export function checkForward(data: Data, config: Config, req: ForwardRequest, no
 
 /** Finds a forward by id, or by its gateway port, device address and device port. */
 export function findForward(data: Data, key: { id?: string; gatewayPort?: unknown; deviceIp?: unknown; devicePort?: unknown }): Forward | undefined {
-  if (key.id) return data.forwards.find((f) => f.id === key.id)
+  if (key.id !== undefined) return data.forwards.find((f) => f.id === key.id)
   return data.forwards.find((f) => String(f.gatewayPort) === String(key.gatewayPort) && f.deviceIp === key.deviceIp && String(f.devicePort) === String(key.devicePort))
+}
+
+/** Checks and adds forwards in one store write: all of them, or (ForwardError) none. */
+export function addForwards(store: Store, config: Config, requests: ForwardRequest[]): Promise<Forward[]> {
+  return store.update((data) => {
+    const added: Forward[] = []
+    for (const req of requests) {
+      const f = checkForward({ ...data, forwards: [...data.forwards, ...added] }, config, req)
+      added.push(f)
+    }
+    data.forwards.push(...added)
+    return added
+  })
+}
+
+/** Removes the forward `key` finds; a ForwardError (404) when there is none. */
+export function removeForward(store: Store, key: Parameters<typeof findForward>[1]): Promise<Forward> {
+  return store.update((data) => {
+    const f = findForward(data, key)
+    if (!f) throw new ForwardError(`no forward ${key.id !== undefined ? JSON.stringify(key.id) : `${key.gatewayPort} ${key.deviceIp} ${key.devicePort}`}`, 404)
+    data.forwards = data.forwards.filter((x) => x !== f)
+    return f
+  })
 }

@@ -6,12 +6,21 @@ import type { Config } from '../core/config.ts'
 import type { Sh } from '../core/exec.ts'
 import { formatIpv4, isIpv4, parseCidr4 } from '../addr/ipv4.ts'
 import { addElements, ensureTable, syncMap, type TableOptions } from '../net/nft.ts'
-import { TUN } from '../net/tayga.ts'
+import { CLAT_MTU, CLAT_TUN } from '../clat/plan.ts'
+import { TUN as NAT64_TUN } from '../nat64/plan.ts'
 import type { Data } from '../core/schema.ts'
 
 export function tableOptions(config: Config): TableOptions {
   const lan = parseCidr4(config.lanAddr)
-  return { dnatPorts: config.dnatPorts, lanIf: config.lanIf, lanNet: `${formatIpv4(lan.network)}/${lan.prefix}`, nat64: config.nat64 ? TUN : undefined }
+  return {
+    dnatPorts: config.dnatPorts,
+    lanIf: config.lanIf,
+    lanNet: `${formatIpv4(lan.network)}/${lan.prefix}`,
+    nat64: config.nat64 ? NAT64_TUN : undefined,
+    // 464XLAT carries IPv4 at CLAT_MTU: a device's TCP connections through it are held to that from their SYN
+    // (the server answers with no more), since many small devices never do path MTU discovery.
+    clat: { tun: CLAT_TUN, mss: CLAT_MTU - 40 },
+  }
 }
 
 export function natMaps(data: Data): Record<'dev_snat4' | 'dev_dnat4' | 'fwd4', Map<string, string>> {

@@ -1,7 +1,7 @@
 // Which jobs a hook event wakes up. One declarative table: add a row to route a new kind of event.
 // An event that names its job (`dualgate-event --job NAME ...`, or `job` in POST /events) skips the table.
 import type { Config } from '../core/config.ts'
-import type { HookEvent } from './events.ts'
+import type { HookEvent } from '../core/event.ts'
 
 export interface Route {
   /** Hook sources this row matches (the first argument of dualgate-event). */

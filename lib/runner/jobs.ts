@@ -3,7 +3,7 @@
 import { readdirSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { JOB_NAME } from './events.ts'
+import { JOB_NAME } from '../core/event.ts'
 
 /** `.ts` when the runner itself runs from source (a TypeScript loader is present), `.js` when built. */
 export const MODULE_EXT = path.extname(fileURLToPath(import.meta.url))

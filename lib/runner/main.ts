@@ -6,18 +6,21 @@ import { randomUUID } from 'node:crypto'
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { unlink } from 'node:fs/promises'
 import { serve } from 'h3'
-import { createApi, packageVersion, type RunnerControl } from '../core/api.ts'
+import { packageVersion, type RunnerControl } from '../core/api.ts'
 import { ConfigError, loadConfig, type Config } from '../core/config.ts'
 import { createSh } from '../core/exec.ts'
 import { createLogger, type Logger } from '../core/log.ts'
 import { restorePersisted, startPersist } from '../core/persist.ts'
-import { runnerPid, runnerPidFile } from '../core/runner-state.ts'
+import { liveRunner, runnerPidFile } from '../core/runner-state.ts'
 import { openStore } from '../core/store.ts'
-import { createCoalescer, toPayload, type HookEvent } from './events.ts'
+import { toPayload, type HookEvent } from '../core/event.ts'
+import { createCoalescer } from './coalescer.ts'
 import { discoverJobs, jobsDir } from './jobs.ts'
-import { clatRoutes, startClat } from '../clat/supervisor.ts'
-import { exposureRoutes, startExposure } from '../reach/relay-supervisor.ts'
-import { nat64Routes, startNat64 } from '../nat64/supervisor.ts'
+import { startSupervisor } from '../core/supervisor.ts'
+import { clatSupervisor } from '../clat/supervisor.ts'
+import { nat64Supervisor } from '../nat64/supervisor.ts'
+import { relaySupervisor } from '../reach/relay-supervisor.ts'
+import { createRunnerApi } from './api.ts'
 import { createQueue, type Batch, type Item } from './queue.ts'
 import { recordRun } from './record.ts'
 import { jobsFor } from './event-jobs.ts'
@@ -35,16 +38,8 @@ function makeLogger(config: Config): Logger {
   return createLogger({ tag: 'runner', level: config.logLevel, dataDir: config.dataDir, maxBytes: config.logMaxBytes, files: config.logFiles })
 }
 
-/** Another live runner on the same data dir (the PID file may also name an unrelated process after a crash). */
-function otherRunner(dataDir: string): number | undefined {
-  const pid = runnerPid(dataDir)
-  if (pid === undefined || pid === process.pid) return undefined
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('runner/main') ? pid : undefined
-  } catch {
-    return undefined
-  }
-}
+/** What the runner keeps running beside the jobs, each on the supervisor helper (lib/core/supervisor.ts). */
+const SUPERVISORS = [relaySupervisor, nat64Supervisor, clatSupervisor]
 
 async function main(): Promise<void> {
   let config: Config
@@ -58,8 +53,8 @@ async function main(): Promise<void> {
   let log = makeLogger(config)
   const { dataDir } = config
   mkdirSync(dataDir, { recursive: true })
-  const other = otherRunner(dataDir)
-  if (other) {
+  const other = liveRunner(dataDir)
+  if (other && other !== process.pid) {
     log.error(`another runner (pid ${other}) is using ${dataDir}`)
     process.exit(1)
   }
@@ -203,10 +198,10 @@ async function main(): Promise<void> {
     submit: (event) => submit(event),
   }
 
-  const exposure = startExposure({ store, config: () => config, sh: createSh({ dryRun: false }), log: () => log })
-  const nat64 = startNat64({ store, config: () => config, sh: createSh({ dryRun: false }), log: () => log })
-  const clat = startClat({ store, config: () => config, sh: createSh({ dryRun: false }), log: () => log })
-  const app = createApi({ store, config: () => config, runner, version: packageVersion(), log, routes: [...exposureRoutes(exposure), ...nat64Routes(nat64), ...clatRoutes(clat)] })
+  const sh = createSh({ dryRun: false })
+  const supervisors = SUPERVISORS.map((def) => startSupervisor(def, { store, config: () => config, sh, log: () => log }))
+  const closeSupervisors = () => Promise.all(supervisors.map((s) => s.close()))
+  const app = createRunnerApi({ store, config: () => config, runner, version: packageVersion(), log, routes: supervisors.flatMap((s) => s.routes) })
   const server = serve(app, { hostname: config.apiHost, port: config.apiPort, manual: true, silent: true, gracefulShutdown: false })
   let schedule: Schedule | undefined
   const startSchedule = () => scheduleJobs(config.schedules, (j) => !!jobFile(j), (job) => request(job, { items: [], triggers: ['cron'] }), (m) => log.info(m))
@@ -218,7 +213,7 @@ async function main(): Promise<void> {
     log.info(`${signal}: stopping`)
     schedule?.stop()
     watcher?.close()
-    const closed = Promise.all([server.close(true).catch(() => {}), exposure.close(), nat64.close(), clat.close()])
+    const closed = Promise.all([server.close(true).catch(() => {}), closeSupervisors()])
     const left = coalescer.takeAll()
     for (const [job, batch] of queue.close()) left.set(job, [...(left.get(job) ?? []), ...batch.items])
     await Promise.all([...left].map(([job, items]) => keep(job, items)))
@@ -263,7 +258,7 @@ async function main(): Promise<void> {
     await server.serve()
   } catch (err) {
     log.error(`cannot serve the API on ${config.apiHost}:${config.apiPort}: ${(err as Error).message}`)
-    await Promise.all([exposure.close(), nat64.close(), clat.close()])
+    await closeSupervisors()
     removePid()
     process.exit(1)
   }

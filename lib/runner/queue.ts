@@ -1,6 +1,6 @@
 // A job never overlaps itself: a request while it runs becomes ONE follow-up run that collects every
 // payload and trigger that arrived meanwhile. Different jobs run side by side.
-import type { HookEvent } from './events.ts'
+import type { HookEvent } from '../core/event.ts'
 
 /** One event on its way to a job; `file` is its spool file, removed once a run has handled it. */
 export interface Item { event: HookEvent; file?: string }

@@ -4,8 +4,9 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createApi, type ApiRoute, type RunnerControl } from '../../lib/core/api.ts'
+import { createRunnerApi } from '../../lib/runner/api.ts'
 import { loadConfig, type Config } from '../../lib/core/config.ts'
-import type { HookEvent } from '../../lib/runner/events.ts'
+import type { HookEvent } from '../../lib/core/event.ts'
 import { DEVICE_STATUSES, type Device, type DeviceStatus } from '../../lib/core/schema.ts'
 import { openStore, type Store } from '../../lib/core/store.ts'
 
@@ -61,13 +62,13 @@ async function json(res: Response | Promise<Response>): Promise<{ status: number
 describe('api', () => {
   let store: Store
   let config: Config
-  let app: ReturnType<typeof createApi>
+  let app: ReturnType<typeof createRunnerApi>
   let fake: ReturnType<typeof fakeRunner>
 
   beforeAll(async () => {
     ({ store, config } = setup())
     fake = fakeRunner()
-    app = createApi({ store, config, runner: fake.runner, version: '9.9.9' })
+    app = createRunnerApi({ store, config, runner: fake.runner, version: '9.9.9' })
     await store.update((d) => {
       d.devices['02:00:00:00:00:01'] = device('02:00:00:00:00:01', 'active', '2024-01-01T00:00:00.000Z')
       d.devices['02:00:00:00:00:02'] = device('02:00:00:00:00:02', 'failed', '2024-01-02T00:00:00.000Z')
@@ -194,7 +195,7 @@ describe('api', () => {
 
   it('refuses every change when no token is configured', async () => {
     const s = setup({ DUALGATE_API_TOKEN: '' })
-    const bare = createApi({ store: s.store, config: s.config, runner: fakeRunner().runner })
+    const bare = createRunnerApi({ store: s.store, config: s.config, runner: fakeRunner().runner })
     for (const token of [undefined, '', 'anything']) {
       const res = await json(bare.fetch(req('/jobs/count/run', { method: 'POST', token })))
       expect(res.status).toBe(403)
@@ -209,7 +210,7 @@ describe('api', () => {
   it('without a runner, runs and events are 503; the token is read afresh from a config getter', async () => {
     const s = setup()
     let current = s.config
-    const alone = createApi({ store: s.store, config: () => current })
+    const alone = createRunnerApi({ store: s.store, config: () => current })
     expect((await json(alone.fetch(req('/jobs/count/run', { method: 'POST', token: TOKEN })))).status).toBe(503)
     current = { ...s.config, apiToken: 'rotated' }
     expect((await json(alone.fetch(req('/jobs/count/run', { method: 'POST', token: TOKEN })))).status).toBe(401)
@@ -221,7 +222,7 @@ describe('api', () => {
     await s.store.update((d) => { d.devices['02:00:00:00:00:09'] = { ...device('02:00:00:00:00:09', 'active', '2024-01-01T00:00:00.000Z'), lanIpv4: '198.19.0.9' } })
     const triggered: string[] = []
     const runner: RunnerControl = { jobs: () => [], trigger: (job, trigger) => { triggered.push(`${job}:${trigger}`); return 'queued' }, submit: () => [] }
-    const ext = createApi({ store: s.store, config: s.config, runner })
+    const ext = createRunnerApi({ store: s.store, config: s.config, runner })
     const post = (body: unknown, token: string | undefined = TOKEN) => json(ext.fetch(req('/forwards', { method: 'POST', token, body: JSON.stringify(body), headers: { 'content-type': 'application/json' } })))
     expect((await post({ gatewayPort: 8080, deviceIp: '198.19.0.9', devicePort: 80 }, '')).status).toBe(401)
     const created = await post({ gatewayPort: 8080, deviceIp: '198.19.0.9', devicePort: 80 })

@@ -82,8 +82,8 @@ describe('store against the system', () => {
     const r = (port: number, target = '198.19.0.5') => ({ listen: { host: '2001:db8:1::1000', port }, target: { host: target, port }, proto: 'tcp' as const })
     expect(relayDiff([r(80), r(23)], [r(23), r(80)])).toEqual({ missing: [], extra: [] })
     expect(relayDiff([r(80)], [r(80, '198.19.0.6'), r(22)])).toEqual({
-      missing: ['tcp [2001:db8:1::1000]:80 -> 198.19.0.5:80'],
-      extra: ['tcp [2001:db8:1::1000]:22 -> 198.19.0.5:22', 'tcp [2001:db8:1::1000]:80 -> 198.19.0.6:80'],
+      missing: ['tcp [2001:db8:1::1000]:80 > 198.19.0.5:80'],
+      extra: ['tcp [2001:db8:1::1000]:22 > 198.19.0.5:22', 'tcp [2001:db8:1::1000]:80 > 198.19.0.6:80'],
     })
   })
 })

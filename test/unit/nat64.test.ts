@@ -4,9 +4,10 @@ import path from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { ConfigError, loadConfig } from '../../lib/core/config.ts'
 import { embedIpv4, formatIpv6, parseIpv6 } from '../../lib/addr/ipv6.ts'
-import { mappedAddress, nat64PoolError, nat64PrefixError, overlaps4, ulaPrefix } from '../../lib/nat64/prefix.ts'
+import { mappedAddress, nat64PoolError, nat64PrefixError, overlaps4, ulaPrefix } from '../../lib/addr/nat64.ts'
 import { tableDefinition } from '../../lib/net/nft.ts'
-import { nat64Status, taygaConfig, taygaVersion, type Nat64Config } from '../../lib/net/tayga.ts'
+import { nat64Status, taygaConfig, type Nat64Config } from '../../lib/nat64/plan.ts'
+import { taygaVersion } from '../../lib/net/tayga.ts'
 
 const dir = mkdtempSync(path.join(tmpdir(), 'dg-nat64-'))
 const noUci = path.join(dir, 'absent')
@@ -105,7 +106,7 @@ describe('NAT64 config keys', () => {
 describe('tayga', () => {
   it('writes its config file', () => {
     expect(taygaConfig({ prefix: '2001:db8:6464::/96', pool: '198.18.255.0/24', dataDir: '/run/dg/tayga' })).toBe([
-      '# Written by dualgate (lib/net/tayga.ts) when its runner starts tayga; edits are overwritten.',
+      '# Written by dualgate (lib/nat64/plan.ts) when its runner starts tayga; edits are overwritten.',
       'tun-device dgnat64',
       'ipv4-addr 198.18.255.1',
       'prefix 2001:db8:6464::/96',
@@ -161,7 +162,7 @@ describe('tayga', () => {
 })
 
 describe('the nft table with NAT64', () => {
-  const base = { dnatPorts: 'all', lanIf: 'eth1', lanNet: '198.19.0.0/24' }
+  const base = { dnatPorts: 'all', lanIf: 'eth1', lanNet: '198.19.0.0/24', clat: { tun: 'dgclat', mss: 1440 } }
 
   it('is unchanged while NAT64 is off', () => {
     const text = tableDefinition(base)

@@ -2,9 +2,9 @@
 // traffic is mapped into, and the address a LAN device has under the prefix. Config validation and
 // lib/net/tayga.ts share them.
 import { createHash } from 'node:crypto'
-import { formatIpv4, parseCidr4, parseIpv4 } from '../addr/ipv4.ts'
-import { canonicalPrefix6, embedIpv4, formatIpv6, parseIpv6 } from '../addr/ipv6.ts'
-import { normalizeMac } from '../addr/mac.ts'
+import { formatIpv4, parseCidr4, parseIpv4 } from './ipv4.ts'
+import { canonicalPrefix6, embedIpv4, formatIpv6, parseIpv6 } from './ipv6.ts'
+import { normalizeMac } from './mac.ts'
 
 export const WELL_KNOWN_PREFIX = '64:ff9b::/96'
 

@@ -1,0 +1,37 @@
+// The devices' API: the gateway summary and the device table (read-only; devices change through jobs).
+import { getQuery, getRouterParam } from 'h3'
+import { badRequest, notFound, safeDecode, type ApiRoute } from '../core/api.ts'
+import type { DeviceStatus } from '../core/schema.ts'
+import { normalizeMac } from '../addr/mac.ts'
+import { listDevices, statusFilterError } from './state.ts'
+import { gatewayStatus } from './status.ts'
+
+export const deviceRoutes: ApiRoute[] = [
+  {
+    method: 'GET',
+    path: '/status',
+    handler: async (_e, api) => gatewayStatus({ config: api.config(), data: await api.store.read(), sh: api.sh }),
+  },
+  {
+    method: 'GET',
+    path: '/devices',
+    async handler(event, api) {
+      const { status } = getQuery(event) as { status?: unknown }
+      const why = statusFilterError(status)
+      if (why) throw badRequest(why)
+      return listDevices(await api.store.read(), status as DeviceStatus | undefined)
+    },
+  },
+  {
+    method: 'GET',
+    path: '/devices/:mac',
+    async handler(event, api) {
+      const raw = safeDecode(getRouterParam(event, 'mac') ?? '')
+      const mac = normalizeMac(raw)
+      if (!mac) throw badRequest(`not a MAC address: ${JSON.stringify(raw)}`)
+      const device = (await api.store.read()).devices[mac]
+      if (!device) throw notFound(`no device ${mac}`)
+      return device
+    },
+  },
+]
