@@ -39,6 +39,7 @@ function due(d: Device, now: number, staleAcquiring: number): boolean {
 
 const job = defineJob({
   name: 'acquire-leases',
+  role: 'gateway',
   description: 'Give devices their own WAN identity and keep their leases renewed.',
   exclusive: true,
   async run({ payload, ctx }): Promise<AcquireResult> {

@@ -11,8 +11,12 @@ const job = defineJob({
   description: 'Print the effective configuration and the source of each value.',
   async run({ ctx }) {
     const { sources } = loadConfig()
-    const flat: Record<string, unknown> = { ...ctx.config, ...Object.fromEntries(Object.entries(ctx.config.schedules).map(([k, v]) => [`schedules.${k}`, v])) }
-    delete flat.schedules
+    const { schedules, sections, ...keys } = ctx.config
+    const flat: Record<string, unknown> = {
+      ...keys,
+      ...Object.fromEntries(Object.entries(schedules).map(([k, v]) => [`schedules.${k}`, v])),
+      ...Object.fromEntries(Object.entries(sections).flatMap(([kind, list]) => list.map(({ name, ...options }) => [`${kind}.${name}`, options]))),
+    }
     if (flat.apiToken) flat.apiToken = '(set)'
     return Object.entries(flat).map(([key, value]): Entry => ({ key, value, source: sources[key] }))
   },

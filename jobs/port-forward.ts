@@ -27,6 +27,7 @@ async function change<T>(work: Promise<T>): Promise<T> {
 
 const job = defineJob({
   name: 'port-forward',
+  role: 'gateway',
   description: 'Manage port forwards: add <gatewayPort> <deviceIp> <devicePort> | remove <id>|<gatewayPort> <deviceIp> <devicePort> | list | quick-device <deviceIp>',
   usage: 'add|remove|list|quick-device ...',
   options: { proto: { type: 'string' }, family: { type: 'string' } },

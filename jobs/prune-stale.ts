@@ -13,6 +13,7 @@ export interface PruneResult { gone: string[]; deleted: string[]; kept: number }
 
 const job = defineJob({
   name: 'prune-stale',
+  role: 'gateway',
   description: 'Release and remove devices that left the LAN; forget old records.',
   exclusive: true,
   async run({ ctx }): Promise<PruneResult> {

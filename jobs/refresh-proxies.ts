@@ -5,13 +5,14 @@
 import { defineJob, runMain } from '../lib/core/job.ts'
 import { requireInterfaces } from '../lib/devices/lan.ts'
 import { syncNat } from '../lib/reach/nat.ts'
-import { getLink } from '../lib/net/ip.ts'
+import { getLink, globalIpv6 } from '../lib/net/ip.ts'
 import { relayRules } from '../lib/reach/relay-plan.ts'
 
 export interface RefreshResult { table: 'present' | 'created'; added: number; removed: number; forwards: number; relayListeners: number }
 
 const job = defineJob({
   name: 'refresh-proxies',
+  role: 'gateway',
   description: 'Reconcile port forwards, device NAT and relay listeners with the store.',
   exclusive: true,
   async run({ ctx }): Promise<RefreshResult> {
@@ -20,8 +21,7 @@ const job = defineJob({
     const nat = await syncNat(ctx, data)
     if (nat.table === 'created') ctx.log.info('nftables table inet dualgate (re)created')
     if (nat.added + nat.removed > 0) ctx.log.info(`nftables: ${nat.added} elements added, ${nat.removed} removed`)
-    const wan = await getLink(ctx.sh, ctx.config.wanIf)
-    const wan6 = (wan?.addresses ?? []).filter((a) => a.family === 6 && a.scope === 'global').map((a) => a.address)
+    const wan6 = globalIpv6(await getLink(ctx.sh, ctx.config.wanIf))
     return { ...nat, forwards: data.forwards.length, relayListeners: relayRules(data, ctx.config, wan6).length }
   },
   format: (r: RefreshResult) => `nftables table ${r.table}: +${r.added} -${r.removed} elements; ${r.forwards} forwards; ${r.relayListeners} relay listeners planned`,

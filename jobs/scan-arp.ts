@@ -37,6 +37,7 @@ async function sweep(ctx: JobContext, view: LanView): Promise<void> {
 
 const job = defineJob({
   name: 'scan-arp',
+  role: 'gateway',
   description: 'Discover LAN devices (neighbour table, dnsmasq leases, hook events, optional ARP sweep).',
   async run({ payload, ctx }): Promise<ScanResult> {
     const { config, log } = ctx

@@ -3,7 +3,7 @@
 // upstream /64, answered for by the device's macvlan through proxy NDP) and a destination under the
 // upstream's NAT64 prefix (the PLAT). One tayga translates for every device with a `map` line each.
 import { createHash } from 'node:crypto'
-import type { Config } from '../core/config.ts'
+import { hasRole, type Config } from '../core/config.ts'
 import { isIpv4 } from '../addr/ipv4.ts'
 import { formatIpv6, parseIpv6 } from '../addr/ipv6.ts'
 import { macvlanName, normalizeMac } from '../addr/mac.ts'
@@ -69,6 +69,7 @@ export function clatPlan(data: Data, config: Config, has: { wanMac?: string; tay
   const prefix = config.clatPrefix === 'auto' ? (data.upstream.pref64 ?? WELL_KNOWN_PREFIX) : config.clatPrefix
   const idle = (why: string, missing?: boolean): ClatPlan => ({ prefix, devices: [], idle: why, ...(missing ? { missing } : {}) })
   if (!config.clat) return idle('clat is off')
+  if (!hasRole(config, 'gateway')) return idle('this host is not a gateway (role)')
   if (data.upstream.dhcpv4 !== false || !data.upstream.ra) return idle('the upstream is not IPv6-only')
   const prefix64 = data.upstream.prefixes.find((p) => p.endsWith('/64'))
   if (!prefix64) return idle('the upstream advertises no /64 prefix')

@@ -6,7 +6,7 @@
 // reload, so a change in the set of devices restarts it; its TUN and the routes through it go and come back.
 import { existsSync } from 'node:fs'
 import { clatConfig, clatPlan, CLAT_INSTANCE as INSTANCE, CLAT_MTU, CLAT_TUN, type ClatDevice, type ClatPlan } from './plan.ts'
-import type { Config } from '../core/config.ts'
+import { hasRole, type Config } from '../core/config.ts'
 import { defineSupervisor } from '../core/supervisor.ts'
 import { getLink } from '../net/ip.ts'
 import { listRules, PREF_CLAT } from '../net/route.ts'
@@ -91,9 +91,9 @@ export const clatSupervisor = defineSupervisor({
       const c = config()
       const running = taygaPid(c.runDir, INSTANCE)
       // Off (the default) costs no more than this look at the PID file: no `ip` every pass, no store read.
-      if (!c.clat) {
+      if (!c.clat || !hasRole(c, 'gateway')) {
         lastError = undefined
-        if (running || applied) await stop(c, 'clat is off')
+        if (running || applied) await stop(c, c.clat ? 'this host is not a gateway' : 'clat is off')
         return
       }
       const p = await plan(c)

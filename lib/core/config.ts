@@ -23,8 +23,20 @@ const checked = (why: (v: string) => string | undefined) => z.string().superRefi
   if (message) ctx.addIssue({ code: 'custom', message })
 })
 
+export const ROLES = ['gateway', 'forwarder'] as const
+export type Role = (typeof ROLES)[number]
+const roles = z.union([z.array(z.string()), z.string()])
+  .transform((v) => (Array.isArray(v) ? v : v.split(/[\s,]+/).filter(Boolean)))
+  .pipe(z.array(z.enum(ROLES, `expected ${ROLES.join(', ')}, or both as "gateway,forwarder"`)).min(1, 'at least one role'))
+  .transform((v) => [...new Set(v)])
+
 /** Every key: its schema and its default. UCI option names and env names are derived from the key. */
 const spec = {
+  /**
+   * What this host is: `gateway` (the router with its LAN devices: relay, NAT64, CLAT), `forwarder` (a VPS
+   * that lends IPv4 to IPv6-only homes: no LAN, no devices), or both. Tunnels work in any role.
+   */
+  role: [roles, ['gateway']],
   wanIf: [ifname, 'eth0'],
   lanIf: [ifname, 'eth1'],
   lanAddr: [cidr4, '192.168.1.1/24'],
@@ -87,8 +99,35 @@ const spec = {
 } as const
 
 type Spec = typeof spec
-export type Config = { -readonly [K in keyof Spec]: z.output<Spec[K][0]> } & { schedules: Record<string, string> }
-export type ConfigKey = keyof Spec
+export type Config = { -readonly [K in keyof Spec]: z.output<Spec[K][0]> } & {
+  schedules: Record<string, string>
+  /** Named, repeated sections by their JSON key (tunnels, forwards, ...): see SectionSpec. */
+  sections: Record<string, Section[]>
+}
+
+/** Whether this host has `role` (config key role). */
+export function hasRole(config: Pick<Config, 'role'>, role: Role): boolean {
+  return config.role.includes(role)
+}
+
+/**
+ * A named, repeated section type: `config <uci> 'name'` in UCI, `"<json>": [{ "name": ..., ... }]` in the JSON
+ * file. Options are written in snake_case in UCI and camelCase in JSON, like the main keys; a later layer's
+ * section of the same name replaces the earlier one whole. The capabilities that use them declare them here.
+ */
+export interface SectionSpec {
+  uci: string
+  json: string
+  /** Each option's schema; an option without a default must be given. */
+  options: Record<string, { schema: z.ZodType; default?: unknown }>
+}
+
+export interface Section { name: string; [option: string]: unknown }
+
+/** The section types dualgate knows. Empty until the tunnel and forwarder capabilities declare theirs. */
+export const SECTIONS: SectionSpec[] = []
+
+const SECTION_NAME = /^[A-Za-z0-9_]{1,32}$/
 
 const DEFAULT_SCHEDULES: Record<string, string> = {
   'scan-arp': '*/1 * * * *',
@@ -109,20 +148,28 @@ export class ConfigError extends Error {}
 const snake = (key: string) => key.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)
 const envName = (key: string) => `DUALGATE_${snake(key).toUpperCase()}`
 
-interface Layer { source: (key: string) => string; values: Record<string, unknown> }
+interface Layer {
+  source: (key: string) => string
+  values: Record<string, unknown>
+  /** Raw sections by JSON key, then by name. */
+  sections: Record<string, Map<string, Record<string, unknown>>>
+}
 
 export interface LoadOptions {
   env?: NodeJS.ProcessEnv
   uciFile?: string
   cwd?: string
+  /** The section types to read (tests declare their own). */
+  sections?: SectionSpec[]
 }
 
 export function loadConfig(opts: LoadOptions = {}): Loaded {
   const env = opts.env ?? process.env
+  const sectionSpecs = opts.sections ?? SECTIONS
   const layers: Layer[] = []
   const uciFile = opts.uciFile ?? env.DUALGATE_UCI_FILE ?? '/etc/config/dualgate'
-  if (existsSync(uciFile)) layers.push(uciLayer(uciFile))
-  if (env.DUALGATE_CONFIG) layers.push(jsonLayer(env.DUALGATE_CONFIG))
+  if (existsSync(uciFile)) layers.push(uciLayer(uciFile, sectionSpecs))
+  if (env.DUALGATE_CONFIG) layers.push(jsonLayer(env.DUALGATE_CONFIG, sectionSpecs))
   layers.push(envLayer(env))
 
   const config: Record<string, unknown> = {}
@@ -148,6 +195,18 @@ export function loadConfig(opts: LoadOptions = {}): Loaded {
     sources[`schedules.${job}`] = source
   }
   config.schedules = schedules
+  const sections: Config['sections'] = {}
+  for (const sec of sectionSpecs) {
+    const named = new Map<string, { raw: Record<string, unknown>; source: string }>()
+    for (const layer of layers) {
+      for (const [name, raw] of layer.sections[sec.json] ?? []) named.set(name, { raw, source: layer.source(`${sec.json}.${name}`) })
+    }
+    sections[sec.json] = [...named].map(([name, { raw, source }]) => {
+      sources[`${sec.json}.${name}`] = source
+      return parseSection(sec, name, raw, source)
+    })
+  }
+  config.sections = sections
   config.dataDir = path.resolve(opts.cwd ?? process.cwd(), config.dataDir as string)
   config.runDir = path.resolve(opts.cwd ?? process.cwd(), config.runDir as string)
   if (config.persistDir) config.persistDir = path.resolve(opts.cwd ?? process.cwd(), config.persistDir as string)
@@ -162,7 +221,36 @@ function parseValue(key: string, schema: z.ZodType, raw: unknown, source: string
   throw new ConfigError(`config: ${key} = ${JSON.stringify(raw)} from ${source}: ${why}`)
 }
 
-function uciLayer(file: string): Layer {
+function parseSection(sec: SectionSpec, name: string, raw: Record<string, unknown>, source: string): Section {
+  const where = `${sec.json}.${name}`
+  for (const option of Object.keys(raw)) {
+    if (!(option in sec.options)) throw new ConfigError(`config: ${where} from ${source}: unknown option "${option}"; known: ${Object.keys(sec.options).join(', ')}`)
+  }
+  const out: Section = { name }
+  for (const [option, { schema, default: fallback }] of Object.entries(sec.options)) {
+    const value = raw[option] ?? fallback
+    if (value === undefined) throw new ConfigError(`config: ${where} from ${source}: option "${option}" is required`)
+    out[option] = parseValue(`${where}.${option}`, schema, value, source)
+  }
+  return out
+}
+
+/** A section's name, checked: UCI allows [A-Za-z0-9_] and these names end up in interface names and URLs. */
+function sectionName(sec: SectionSpec, name: unknown, where: string): string {
+  if (name === undefined) throw new ConfigError(`config: ${where}: a ${sec.uci} section needs a name: config ${sec.uci} 'name'`)
+  if (typeof name !== 'string' || !SECTION_NAME.test(name)) throw new ConfigError(`config: ${where}: ${sec.uci} name ${JSON.stringify(name)} is not 1-32 of A-Z a-z 0-9 _`)
+  return name
+}
+
+function addSection(into: Layer['sections'], sec: SectionSpec, name: string, raw: Record<string, unknown>, where: string): void {
+  const named = (into[sec.json] ??= new Map())
+  if (named.has(name)) throw new ConfigError(`config: ${where}: ${sec.uci} "${name}" is defined twice`)
+  named.set(name, raw)
+}
+
+const camel = (option: string) => option.replace(/_([a-z0-9])/g, (_m, c: string) => c.toUpperCase())
+
+function uciLayer(file: string, sectionSpecs: SectionSpec[]): Layer {
   let sections
   try {
     sections = parseUci(readFileSync(file, 'utf8'))
@@ -173,8 +261,13 @@ function uciLayer(file: string): Layer {
   const byOption = Object.fromEntries(Object.keys(spec).map((k) => [snake(k), k]))
   const values: Record<string, unknown> = {}
   const schedules: Record<string, string> = {}
+  const named: Layer['sections'] = {}
   for (const section of sections) {
-    if (section.type === 'dualgate') {
+    const sec = sectionSpecs.find((x) => x.uci === section.type)
+    if (sec) {
+      const name = sectionName(sec, section.name, file)
+      addSection(named, sec, name, Object.fromEntries(Object.entries(section.options).map(([k, v]) => [camel(k), v])), file)
+    } else if (section.type === 'dualgate') {
       for (const [option, value] of Object.entries(section.options)) {
         const key = byOption[option]
         if (!key) throw new ConfigError(`config: ${file}: unknown option "${option}" in config dualgate`)
@@ -184,13 +277,15 @@ function uciLayer(file: string): Layer {
       const job = (section.name ?? '').replaceAll('_', '-')
       if (!(job in DEFAULT_SCHEDULES)) throw new ConfigError(`config: ${file}: unknown job "${section.name}"`)
       if (typeof section.options.schedule === 'string') schedules[job] = section.options.schedule
+    } else {
+      throw new ConfigError(`config: ${file}: unknown section type "config ${section.type}"; known: ${['dualgate', 'job', ...sectionSpecs.map((x) => x.uci)].join(', ')}`)
     }
   }
   values.schedules = schedules
-  return { source: () => `uci ${file}`, values }
+  return { source: () => `uci ${file}`, values, sections: named }
 }
 
-function jsonLayer(file: string): Layer {
+function jsonLayer(file: string, sectionSpecs: SectionSpec[]): Layer {
   let values: Record<string, unknown>
   try {
     values = JSON.parse(readFileSync(file, 'utf8'))
@@ -198,10 +293,21 @@ function jsonLayer(file: string): Layer {
     throw new ConfigError(`config: ${file} (DUALGATE_CONFIG): ${(err as Error).message}`)
   }
   if (typeof values !== 'object' || values === null || Array.isArray(values)) throw new ConfigError(`config: ${file}: expected a JSON object`)
+  const named: Layer['sections'] = {}
   for (const key of Object.keys(values)) {
-    if (key !== 'schedules' && !(key in spec)) throw new ConfigError(`config: ${file}: unknown key "${key}"`)
+    const sec = sectionSpecs.find((x) => x.json === key)
+    if (sec) {
+      const list = values[key]
+      if (!Array.isArray(list)) throw new ConfigError(`config: ${file}: "${key}" must be a list of sections`)
+      for (const [i, entry] of list.entries()) {
+        if (typeof entry !== 'object' || entry === null || Array.isArray(entry)) throw new ConfigError(`config: ${file}: ${key}[${i}] must be an object`)
+        const { name, ...raw } = entry as Record<string, unknown>
+        addSection(named, sec, sectionName(sec, name, `${file} ${key}[${i}]`), raw, file)
+      }
+      delete values[key]
+    } else if (key !== 'schedules' && !(key in spec)) throw new ConfigError(`config: ${file}: unknown key "${key}"`)
   }
-  return { source: () => `json ${file}`, values }
+  return { source: () => `json ${file}`, values, sections: named }
 }
 
 const scheduleEnv = (job: string) => `DUALGATE_SCHEDULE_${job.replaceAll('-', '_').toUpperCase()}`
@@ -218,5 +324,5 @@ function envLayer(env: NodeJS.ProcessEnv): Layer {
     if (value !== undefined) schedules[job] = value
   }
   values.schedules = schedules
-  return { source: (key) => `env ${key.startsWith('schedules.') ? scheduleEnv(key.slice(10)) : envName(key)}`, values }
+  return { source: (key) => `env ${key.startsWith('schedules.') ? scheduleEnv(key.slice(10)) : envName(key)}`, values, sections: {} }
 }

@@ -3,7 +3,7 @@
 import { realpathSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
-import { ConfigError, loadConfig, type Config } from './config.ts'
+import { ConfigError, hasRole, loadConfig, type Config, type Role } from './config.ts'
 import { createSh, type Sh } from './exec.ts'
 import { lockJob } from './job-lock.ts'
 import { createLogger, type Logger } from './log.ts'
@@ -42,6 +42,8 @@ export interface Job<R = unknown> {
   exitCode?(result: R): number
   /** Changes the data plane: runs once at a time across processes (lib/job-lock.ts); dry runs do not wait. */
   exclusive?: boolean
+  /** The role this job serves (config key role); on a host without it the job does nothing and says so. */
+  role?: Role
 }
 
 export function defineJob<R>(job: Job<R>): Job<R> {
@@ -82,8 +84,17 @@ export function createContext(o: ContextOptions): JobContext {
   }
 }
 
-/** Runs the job, holding its lock while it runs when it is exclusive (the runner's child and the CLI both). */
-export async function execute<R>(job: Job<R>, payload: Payload[], ctx: JobContext): Promise<R> {
+/**
+ * Runs the job (the runner's child and the CLI both): nothing, with a log line, when this host lacks its role;
+ * holding its lock while it runs when it is exclusive.
+ */
+export async function execute<R>(job: Job<R>, payload: Payload[], ctx: JobContext): Promise<R | undefined> {
+  if (job.role && !hasRole(ctx.config, job.role)) {
+    const line = `${job.name}: nothing to do, this host is not a ${job.role} (role ${ctx.config.role.join(',')})`
+    if (ctx.trigger === 'cron') ctx.log.debug(line)
+    else ctx.log.info(line)
+    return undefined
+  }
   if (!job.exclusive || ctx.dryRun) return job.run({ payload, ctx })
   const release = await lockJob(ctx.config.runDir, job.name, {
     waitMs: ctx.config.jobTimeout * 1000,

@@ -5,7 +5,8 @@ import type { CheckFn, DiagEnv, Probe } from './env.ts'
 import { dhcpClients, macvlans, nft } from './devices.ts'
 import { dnsmasq, dnsmasqHook } from './dnsmasq.ts'
 import { forwarding, lanAddress, linkCheck, upstream, wanSysctls } from './network.ts'
-import { fail, type CheckId } from './report.ts'
+import { hasRole } from '../core/config.ts'
+import { fail, pass, type CheckId } from './report.ts'
 import { api, clat, nat64, relay, runner } from './runner.ts'
 import { clock, disk, node, store, tools } from './system.ts'
 
@@ -24,8 +25,13 @@ export const CHECKS: Record<CheckId, CheckFn> = {
   nat64, clat,
 }
 
+/** What only a gateway has (a LAN, devices and their data plane): passed over on a host that is not one. */
+const GATEWAY_ONLY = new Set<CheckId>(['lan-link', 'lan-address', 'upstream', 'wan-sysctls', 'dnsmasq', 'dnsmasq-hook', 'nft', 'macvlans', 'dhcp-clients', 'relay', 'nat64', 'clat'])
+
 /** One check, never throwing: an error while checking is itself a failing result. */
 export async function probe(id: CheckId, env: DiagEnv): Promise<Probe> {
+  const { config } = env.ctx
+  if (GATEWAY_ONLY.has(id) && !hasRole(config, 'gateway')) return { check: pass(id, `not checked: this host is not a gateway (role ${config.role.join(',')})`) }
   try {
     return await CHECKS[id](env)
   } catch (err) {

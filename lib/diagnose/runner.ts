@@ -49,8 +49,7 @@ async function relayState(env: DiagEnv, data: Data): Promise<{ check: Check; ret
   if (r.status === 404 || r.status === 405) return { check: warn('relay', 'this runner does not report its relay listeners (no GET /relay)'), retry: false }
   const have = (r.body as { rules?: RelayRule[] })?.rules
   if (r.status !== 200 || !Array.isArray(have)) return { check: warn('relay', `GET /relay: HTTP ${r.status}`), retry: false }
-  const wan = await getLink(env.ctx.sh, env.ctx.config.wanIf)
-  const wan6 = (wan?.addresses ?? []).filter((a) => a.family === 6 && a.scope === 'global').map((a) => a.address)
+  const wan6 = globalIpv6(await getLink(env.ctx.sh, env.ctx.config.wanIf))
   const want = relayRules(data, env.ctx.config, wan6)
   const { missing, extra } = relayDiff(want, have)
   if (missing.length === 0 && extra.length === 0) return { check: pass('relay', `${have.length} relay listeners match the store`), retry: false }

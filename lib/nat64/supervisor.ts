@@ -3,7 +3,7 @@
 // turned off: stop), and stops it when the runner stops. tayga is detached, so a runner that crashed leaves
 // NAT64 working and its successor adopts the process when its config file still matches.
 import { retryDelaySeconds } from '../core/backoff.ts'
-import type { Config } from '../core/config.ts'
+import { hasRole, type Config } from '../core/config.ts'
 import { defineSupervisor } from '../core/supervisor.ts'
 import { isIpv4 } from '../addr/ipv4.ts'
 import { mappedAddress, overlaps4 } from '../addr/nat64.ts'
@@ -82,11 +82,12 @@ export const nat64Supervisor = defineSupervisor({
     async function pass(): Promise<void> {
       const c = config()
       const running = taygaPid(c.runDir, INSTANCE)
-      const status = c.nat64 ? nat64Status(c) : undefined
+      const on = c.nat64 && hasRole(c, 'gateway')
+      const status = on ? nat64Status(c) : undefined
       if (!status?.available) {
         if (status) problem(`not available: ${status.problems.join('; ')}`)
         else lastError = undefined
-        if (running) await stop(c, status ? 'not available' : 'nat64 is off')
+        if (running) await stop(c, status ? 'not available' : c.nat64 ? 'this host is not a gateway' : 'nat64 is off')
         await table(c)
         return
       }

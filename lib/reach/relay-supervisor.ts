@@ -1,6 +1,7 @@
 // The relay inside the runner: one process for every IPv6-to-IPv4 listener. Its rules are a pure function of
 // the store (./relay-plan.ts); a pass reconciles them when the store file is replaced, and every few seconds
 // so that a listener whose address was not configured yet (EADDRNOTAVAIL) is retried.
+import { hasRole } from '../core/config.ts'
 import { defineSupervisor } from '../core/supervisor.ts'
 import { getLink, globalIpv6 } from '../net/ip.ts'
 import { relayRules } from './relay-plan.ts'
@@ -17,8 +18,9 @@ export const relaySupervisor = defineSupervisor({
     return {
       async pass() {
         const c = config()
-        const wan6 = globalIpv6(await getLink(sh, c.wanIf))
-        const result = await relay.apply(relayRules(await store.read(), c, wan6))
+        const wan6 = hasRole(c, 'gateway') ? globalIpv6(await getLink(sh, c.wanIf)) : []
+        // A host that is not a gateway has no devices to relay to: every listener closes.
+        const result = await relay.apply(hasRole(c, 'gateway') ? relayRules(await store.read(), c, wan6) : [])
         failed = result.failed
         // Say each failing listener once, not every retry.
         const now = new Set(failed.map((f) => ruleKey(f.rule)))

@@ -1,9 +1,9 @@
-// Which jobs a hook event wakes up. One declarative table: add a row to route a new kind of event.
+// Which jobs a hook event wakes up. One declarative table: add a row to send a new kind of event to a job.
 // An event that names its job (`dualgate-event --job NAME ...`, or `job` in POST /events) skips the table.
 import type { Config } from '../core/config.ts'
 import type { HookEvent } from '../core/event.ts'
 
-export interface Route {
+export interface EventRule {
   /** Hook sources this row matches (the first argument of dualgate-event). */
   sources: string[]
   /** Event names it matches; omitted: any. */
@@ -22,20 +22,20 @@ function isWan(e: HookEvent, config: Config): boolean {
   return names.some((n) => n === config.wanIf || n === 'wan' || n === 'wan6')
 }
 
-export const ROUTES: Route[] = [
+export const EVENT_RULES: EventRule[] = [
   // dnsmasq --dhcp-script (lease changes) and its ARP tracking (--script-arp); on OpenWrt the same through
   // hotplug.d/dhcp (ACTION=add|old|del|update) and hotplug.d/neigh.
   { sources: ['dnsmasq'], events: ['add', 'old', 'del', 'update', 'arp-add', 'arp-del'], jobs: ['scan-arp'] },
   // OpenWrt /etc/hotplug.d/iface, ifupdown hooks: the WAN came, went or changed address.
-  { sources: ['iface', 'hotplug'], events: ['ifup', 'ifdown', 'ifupdate'], when: isWan, jobs: ['acquire-leases'] },
+  { sources: ['iface'], events: ['ifup', 'ifdown', 'ifupdate'], when: isWan, jobs: ['acquire-leases'] },
   // The DHCP clients of the per-device macvlans report bound, renew, expiry and loss.
   { sources: ['udhcpc', 'udhcpc6', 'dhclient', 'dhclient6', 'odhcpc', 'odhcp6c', 'dhcp'], jobs: ['acquire-leases'] },
 ]
 
-export function jobsFor(e: HookEvent, config: Config, routes: Route[] = ROUTES): string[] {
+export function jobsFor(e: HookEvent, config: Config, rules: EventRule[] = EVENT_RULES): string[] {
   if (e.job) return [e.job]
   const jobs = new Set<string>()
-  for (const r of routes) {
+  for (const r of rules) {
     if (!r.sources.includes(e.source)) continue
     if (r.events && !r.events.includes(e.event)) continue
     if (r.when && !r.when(e, config)) continue

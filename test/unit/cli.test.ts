@@ -117,4 +117,29 @@ describe('gateway-* commands', () => {
       child.kill('SIGTERM')
     }
   })
+
+  it('on a host that is not a gateway, the gateway jobs do nothing and say so, and diagnose passes over the LAN', async () => {
+    // As a gateway, scan-arp refuses to run without its LAN interface: the role is what stops it below.
+    const asGateway = await cli('dualgate-job', ['scan-arp'])
+    expect(asGateway.code).toBe(1)
+    expect(asGateway.stderr).toMatch(/dgnolan0/)
+    const saved = env
+    env = { ...env, DUALGATE_ROLE: 'forwarder' }
+    try {
+      for (const job of ['scan-arp', 'acquire-leases', 'prune-stale', 'refresh-proxies']) {
+        const r = await cli('dualgate-job', [job])
+        expect(r.code, r.stderr).toBe(0)
+        expect(r.stderr).toContain(`${job}: nothing to do, this host is not a gateway (role forwarder)`)
+      }
+      const diag = await cli('gateway-diagnose', ['--json'])
+      const checks = JSON.parse(diag.stdout).checks as { id: string; status: string; reason: string }[]
+      for (const id of ['lan-link', 'lan-address', 'dnsmasq', 'macvlans', 'relay']) {
+        expect(checks.find((c) => c.id === id)).toMatchObject({ status: 'pass', reason: expect.stringMatching(/not a gateway/) })
+      }
+      // The WAN is every role's: still checked (and missing here).
+      expect(checks.find((c) => c.id === 'wan-link')).toMatchObject({ status: 'fail' })
+    } finally {
+      env = saved
+    }
+  }, 60_000)
 })

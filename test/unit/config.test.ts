@@ -2,7 +2,8 @@ import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { ConfigError, loadConfig } from '../../lib/core/config.ts'
+import { z } from 'zod'
+import { ConfigError, loadConfig, type SectionSpec } from '../../lib/core/config.ts'
 import { parseUci } from '../../lib/core/uci.ts'
 
 const dir = mkdtempSync(path.join(tmpdir(), 'dg-config-'))
@@ -76,5 +77,79 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ uciFile: uci, env: {} })).toThrow(/unknown option "wan_iface"/)
     const json = file('bad.json', '{"wanIface": "x"}')
     expect(() => loadConfig({ uciFile: noUci, env: { DUALGATE_CONFIG: json } })).toThrow(/unknown key "wanIface"/)
+  })
+})
+
+describe('named sections', () => {
+  // A made-up section type, as the tunnel and forwarder capabilities will declare theirs.
+  const widget: SectionSpec = {
+    uci: 'widget',
+    json: 'widgets',
+    options: {
+      kind: { schema: z.enum(['round', 'square']) },
+      size: { schema: z.coerce.number().int().min(1).max(10), default: 3 },
+      colours: { schema: z.array(z.string()).default([]), default: [] },
+      maxSpeed: { schema: z.coerce.number(), default: 1 },
+    },
+  }
+  const load = (uci: string | undefined, json?: unknown) => {
+    const env: NodeJS.ProcessEnv = json === undefined ? {} : { DUALGATE_CONFIG: file(`w${Math.random()}.json`, JSON.stringify(json)) }
+    return loadConfig({ uciFile: uci === undefined ? noUci : file(`w${Math.random()}`, uci), env, sections: [widget] })
+  }
+
+  it('reads repeated named sections from UCI with defaults, lists and snake_case options, and their source', () => {
+    const { config, sources } = load("config widget 'a'\n option kind 'round'\n option max_speed '7'\n list colours 'red'\n list colours 'blue'\nconfig widget 'b'\n option kind 'square'\n option size 9\n")
+    expect(config.sections.widgets).toEqual([
+      { name: 'a', kind: 'round', size: 3, colours: ['red', 'blue'], maxSpeed: 7 },
+      { name: 'b', kind: 'square', size: 9, colours: [], maxSpeed: 1 },
+    ])
+    expect(sources['widgets.a']).toMatch(/^uci /)
+  })
+
+  it('reads them from the JSON file, where a section replaces the UCI one of the same name whole', () => {
+    const { config, sources } = load("config widget 'a'\n option kind 'round'\n option size 5\nconfig widget 'b'\n option kind 'round'\n", { widgets: [{ name: 'a', kind: 'square' }, { name: 'c', kind: 'round', colours: ['green'] }] })
+    expect(config.sections.widgets.map((w) => [w.name, w.kind, w.size])).toEqual([['a', 'square', 3], ['b', 'round', 3], ['c', 'round', 3]])
+    expect(sources['widgets.a']).toMatch(/^json /)
+    expect(sources['widgets.b']).toMatch(/^uci /)
+  })
+
+  it('is empty when none is configured', () => {
+    expect(load(undefined).config.sections).toEqual({ widgets: [] })
+  })
+
+  it.each([
+    ["config widget 'a'\n option shape 'round'\n", /widgets\.a .*unknown option "shape"/],
+    ["config widget 'a'\n option size 4\n", /widgets\.a .*option "kind" is required/],
+    ["config widget 'a'\n option kind 'oval'\n", /widgets\.a\.kind = "oval"/],
+    ["config widget\n option kind 'round'\n", /a widget section needs a name/],
+    ["config widget 'a-b'\n option kind 'round'\n", /widget name "a-b" is not/],
+    ["config widget 'a'\n option kind 'round'\nconfig widget 'a'\n option kind 'round'\n", /widget "a" is defined twice/],
+    ["config gadget 'a'\n", /unknown section type "config gadget"/],
+  ])('refuses bad UCI sections with an error naming them: %j', (uci, message) => {
+    expect(() => load(uci)).toThrow(ConfigError)
+    expect(() => load(uci)).toThrow(message)
+  })
+
+  it('refuses bad JSON sections', () => {
+    expect(() => load(undefined, { widgets: { name: 'a' } })).toThrow(/"widgets" must be a list/)
+    expect(() => load(undefined, { widgets: [{ kind: 'round' }] })).toThrow(/needs a name/)
+    expect(() => load(undefined, { widgets: [{ name: 'a', kind: 'round', size: 11 }] })).toThrow(/widgets\.a\.size/)
+  })
+})
+
+describe('role', () => {
+  it('is gateway by default, and takes forwarder or both from UCI, JSON or env', () => {
+    expect(loadConfig({ env: {}, uciFile: noUci }).config.role).toEqual(['gateway'])
+    expect(loadConfig({ env: { DUALGATE_ROLE: 'forwarder' }, uciFile: noUci }).config.role).toEqual(['forwarder'])
+    expect(loadConfig({ env: { DUALGATE_ROLE: 'gateway,forwarder' }, uciFile: noUci }).config.role).toEqual(['gateway', 'forwarder'])
+    const uci = file('role', "config dualgate 'main'\n option role 'forwarder'\n")
+    expect(loadConfig({ env: {}, uciFile: uci }).config.role).toEqual(['forwarder'])
+    const json = file('role.json', JSON.stringify({ role: ['gateway', 'forwarder'] }))
+    expect(loadConfig({ env: { DUALGATE_CONFIG: json }, uciFile: noUci }).config.role).toEqual(['gateway', 'forwarder'])
+  })
+
+  it('refuses an unknown role', () => {
+    expect(() => loadConfig({ env: { DUALGATE_ROLE: 'router' }, uciFile: noUci })).toThrow(/role = "router" from env DUALGATE_ROLE: expected gateway, forwarder/)
+    expect(() => loadConfig({ env: { DUALGATE_ROLE: '' }, uciFile: noUci })).toThrow(/role/)
   })
 })
