@@ -92,6 +92,8 @@ describe.skipIf(!isRoot())('diagnose (lab)', () => {
     await inRouter(dnsmasqScript, ['restart'])
     // Events the clients spooled while acquiring would make the runner busy at start.
     rmSync(path.join(dataDir, 'spool'), { recursive: true, force: true })
+    // An older drop-in of the admin's stands where ours goes: the repair must keep a copy of it.
+    writeFileSync(path.join(root, 'etc/dnsmasq.d/dualgate.conf'), '# an older drop-in of the admin\'s\n')
     // The first repair doubles as setup: the hook drop-in is written and dnsmasq restarted with it, the
     // runner started, the kernel settings made right.
     const setup = await diagnose(['--fix-all'])
@@ -189,6 +191,9 @@ describe.skipIf(!isRoot())('diagnose (lab)', () => {
   it('keeps the corrupt store aside and backs up a system file before changing it', async () => {
     const { readdirSync } = await import('node:fs')
     expect(readdirSync(dataDir).some((n) => n.startsWith('dualgate.json.corrupt-'))).toBe(true)
+    const backups = path.join(dataDir, 'backups', 'system')
+    const copies = readdirSync(backups).filter((n) => n.includes('%etc%dnsmasq.d%dualgate.conf.'))
+    expect(copies.map((n) => readFileSync(path.join(backups, n), 'utf8'))).toContain("# an older drop-in of the admin's\n")
     expect(readFileSync(path.join(root, 'etc/sysctl.d/90-dualgate.conf'), 'utf8')).toMatch(/net\.ipv4\.ip_forward = 1/)
     expect(readFileSync(path.join(root, 'etc/dnsmasq.d/dualgate.conf'), 'utf8')).toContain(`dhcp-script=${path.join(ROOT, 'hooks/dnsmasq-script')}`)
   })

@@ -1,13 +1,17 @@
 // Exclusive jobs across processes: two runs of the same job by hand never overlap, the second says whom it
-// waits for, a holder killed with SIGKILL does not block the job for good, and a dry run does not wait.
+// waits for, a holder killed with SIGKILL does not block the job for good, and a dry run does not wait; a
+// repair by diagnose takes the same lock.
 import { spawn } from 'node:child_process'
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { openStore } from '../../lib/core/store.ts'
 
 const FIXTURE = fileURLToPath(new URL('../fixtures/jobs/exclusive.ts', import.meta.url))
+const HOLD_LOCK = fileURLToPath(new URL('../fixtures/hold-lock.ts', import.meta.url))
+const DIAGNOSE = fileURLToPath(new URL('../../jobs/diagnose.ts', import.meta.url))
 let dir: string
 
 interface Run { pid: number; done: Promise<{ code: number | null; stderr: string }> }
@@ -91,5 +95,29 @@ describe('exclusive jobs', () => {
     const b = await second.done
     expect(b.code, b.stderr).toBe(0)
     expect(spans().map((r) => r[0])).toEqual([second.pid])
+  }, 40_000)
+
+  it('a repair by diagnose --fix runs acquire-leases under the same lock, waiting for the run that holds it', async () => {
+    const now = new Date().toISOString()
+    const mac = '02:00:00:00:00:0a'
+    await openStore({ dataDir: path.join(dir, 'data') }).update((d) => {
+      // Active, with a WAN lease but no DHCP client: the dhcp-clients check fails and its fix re-acquires it.
+      d.devices[mac] = { mac, status: 'active', statusChangedAt: now, firstSeen: now, lastSeen: now, lanIpv4: '192.168.1.10', wanIpv4: '198.18.1.10', wanIpv6: [], attempts: 0 }
+    })
+    const holder = spawn(process.execPath, ['--import=tsx', HOLD_LOCK, path.join(dir, 'run'), 'acquire-leases', '5000'], { stdio: ['ignore', 'pipe', 'inherit'] })
+    await new Promise<void>((resolve, reject) => {
+      holder.stdout.on('data', (d: Buffer) => { if (d.toString().includes('held')) resolve() })
+      holder.on('close', () => reject(new Error('the lock holder exited first')))
+    })
+    // Interfaces that do not exist: acquire-leases finds the WAN down and changes nothing on this machine.
+    const diag = spawn(process.execPath, ['--import=tsx', DIAGNOSE, '--fix', 'dhcp-clients'], {
+      env: { PATH: process.env.PATH, DUALGATE_DATA_DIR: path.join(dir, 'data'), DUALGATE_RUN_DIR: path.join(dir, 'run'), DUALGATE_UCI_FILE: path.join(dir, 'no-uci'), DUALGATE_WAN_IF: 'dgnowan0', DUALGATE_LAN_IF: 'dgnolan0' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let stderr = ''
+    diag.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
+    await new Promise((resolve) => diag.on('close', resolve))
+    expect(stderr).toContain(`waiting for another acquire-leases run (pid ${holder.pid}) to finish`)
+    expect(holder.exitCode).toBe(0)
   }, 40_000)
 })
