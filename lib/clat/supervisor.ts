@@ -46,7 +46,7 @@ export const clatSupervisor = defineSupervisor({
 
     async function plan(c: Config): Promise<ClatPlan> {
       const wan = await getLink(sh, c.wanIf)
-      return clatPlan(await store.read(), c, { wanMac: wan?.mac, tayga: findTayga() !== undefined, tun: existsSync('/dev/net/tun') })
+      return clatPlan(await store.snapshot(), c, { wanMac: wan?.mac, tayga: findTayga() !== undefined, tun: existsSync('/dev/net/tun') })
     }
 
     async function stop(c: Config, why: string): Promise<void> {

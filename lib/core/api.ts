@@ -31,10 +31,10 @@ export interface ApiContext {
 }
 
 /**
- * public: anyone who can connect. token: a valid bearer token. loopback: from 127.0.0.0/8 or ::1 without a
- * token (the hook shims), from elsewhere with one.
+ * public: anyone who can connect. token: a valid bearer token, from anywhere (loopback too: any local user
+ * can connect there, and hooks deliver through the root-only spool instead).
  */
-export type Access = 'public' | 'token' | 'loopback'
+export type Access = 'public' | 'token'
 
 export interface ApiRoute {
   method: HTTPMethod
@@ -68,14 +68,25 @@ export function notFound(message: string): HTTPError {
   return new HTTPError({ status: 404, message })
 }
 
-/** The request body as JSON, at most MAX_BODY bytes. */
+/** The request body as JSON, at most MAX_BODY bytes: counted while it streams in, so a larger one is never held. */
 export async function readJson(event: H3Event): Promise<unknown> {
-  const length = Number(event.req.headers.get('content-length') ?? 0)
-  if (length > MAX_BODY) throw new HTTPError({ status: 413, message: `body larger than ${MAX_BODY} bytes` })
-  const text = await event.req.text()
-  if (Buffer.byteLength(text) > MAX_BODY) throw new HTTPError({ status: 413, message: `body larger than ${MAX_BODY} bytes` })
+  const tooLarge = () => new HTTPError({ status: 413, message: `body larger than ${MAX_BODY} bytes` })
+  if (Number(event.req.headers.get('content-length') ?? 0) > MAX_BODY) throw tooLarge()
+  const chunks: Uint8Array[] = []
+  let size = 0
+  const reader = event.req.body?.getReader()
+  for (;;) {
+    const next = await reader?.read()
+    if (!next || next.done) break
+    size += next.value.byteLength
+    if (size > MAX_BODY) {
+      await reader!.cancel().catch(() => {})
+      throw tooLarge()
+    }
+    chunks.push(next.value)
+  }
   try {
-    return JSON.parse(text)
+    return JSON.parse(Buffer.concat(chunks).toString('utf8'))
   } catch {
     throw badRequest('body is not JSON')
   }
@@ -97,15 +108,8 @@ function sameToken(given: string, expected: string): boolean {
   return timingSafeEqual(a, b)
 }
 
-export function isLoopback(ip: string | undefined): boolean {
-  if (!ip) return false
-  const v4 = ip.startsWith('::ffff:') ? ip.slice(7) : ip
-  return v4.startsWith('127.') || ip === '::1'
-}
-
 function authorize(event: H3Event, access: Access, config: Config): void {
   if (access === 'public') return
-  if (access === 'loopback' && isLoopback(event.req.ip)) return
   if (!config.apiToken) {
     throw new HTTPError({ status: 403, message: 'no API token is configured (option api_token, or DUALGATE_API_TOKEN): requests that change state are refused' })
   }

@@ -21,7 +21,11 @@ export type HookEvent = z.output<typeof hookEventSchema>
 
 export class EventError extends Error {}
 
+/** An event is a few arguments and variables (a lease, an interface): anything larger is not one of ours. */
+export const MAX_EVENT_BYTES = 8 * 1024
+
 export function parseEvent(input: unknown): HookEvent {
+  if (JSON.stringify(input ?? null).length > MAX_EVENT_BYTES) throw new EventError(`invalid event: larger than ${MAX_EVENT_BYTES} bytes`)
   const result = hookEventSchema.safeParse(input)
   if (result.success) return result.data
   const issue = result.error.issues[0]

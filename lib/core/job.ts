@@ -113,6 +113,7 @@ function readOnly(store: Store, log: Logger): Store {
   return {
     file: store.file,
     read: () => store.read(),
+    snapshot: () => store.snapshot(),
     async update(change) {
       const result = change(await store.read())
       log.debug('dry run: store not written')

@@ -22,10 +22,38 @@ export function logFile(dataDir: string): string {
   return path.join(dataDir, 'logs', 'dualgate.log')
 }
 
+/**
+ * Lines one logger (a job run, the runner) writes in a minute at most: hostile input that is refused line by
+ * line (a flood of forged events) must not become a flood of log lines and flash writes. What is held back
+ * is counted, and said when the minute is over.
+ */
+export const LINES_PER_MINUTE = 600
+
 export function createLogger(opts: LogOptions): Logger {
   const log = createConsola({ level: LEVELS[opts.level ?? 'info'], stdout: process.stderr, stderr: process.stderr }).withTag(opts.tag)
   if (opts.dataDir) log.addReporter({ log: jsonLines(logFile(opts.dataDir), opts.maxBytes ?? 1 << 20, opts.files ?? 3) })
+  limitRate(log, LINES_PER_MINUTE)
   return log
+}
+
+function limitRate(log: Logger, perMinute: number): void {
+  let minute = 0
+  let lines = 0
+  let held = 0
+  for (const reporter of log.options.reporters) {
+    const write = reporter.log.bind(reporter)
+    reporter.log = (entry, ctx) => {
+      const now = Math.floor(entry.date.getTime() / 60_000)
+      if (now !== minute) {
+        if (held > 0) write({ ...entry, type: 'warn', level: 1, args: [`${held} log lines held back in the last minute (more than ${perMinute} a minute)`] }, ctx)
+        minute = now
+        lines = 0
+        held = 0
+      }
+      if (++lines <= perMinute) write(entry, ctx)
+      else held++
+    }
+  }
 }
 
 /** Plain objects among the arguments become fields of the JSON line (`log.info('msg', { mac })`). */

@@ -8,9 +8,12 @@
 // event and still need a fallback for when the runner is down. A rename into a directory costs one `mv` and
 // works the same whether the runner is up, down or restarting: no event is lost in between.
 import { watch, type FSWatcher } from 'node:fs'
-import { mkdir, readdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises'
+import { lstat, mkdir, readdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises'
 import path from 'node:path'
-import { parseEvent, type HookEvent } from './event.ts'
+import { MAX_EVENT_BYTES, parseEvent, type HookEvent } from './event.ts'
+
+/** Files read in one pass over the spool; the rest wait for the next pass (the caller asks again). */
+export const SPOOL_BATCH = 256
 
 export function spoolDir(dataDir: string): string {
   return path.join(dataDir, 'spool')
@@ -31,28 +34,33 @@ export async function writeSpool(dir: string, event: HookEvent): Promise<string>
 export interface SpoolEntry { file: string; event: HookEvent }
 
 /**
- * Reads the spool files not in `skip`, oldest first. A file that is not a valid event is renamed to
- * `<name>.bad` (kept for a person to look at) and reported through `onBad`.
+ * Reads up to SPOOL_BATCH spool files not in `skip`, oldest first; `more` says whether others wait. Only
+ * regular files of our own user and at most MAX_EVENT_BYTES are read (the directory is ours alone, 0700,
+ * but a file that is not an event is never trusted): anything else, or a file that is not a valid event, is
+ * renamed to `<name>.bad` (kept for a person to look at) and reported through `onBad`.
  */
-export async function readSpool(dir: string, skip: Set<string>, onBad: (file: string, why: string) => void): Promise<SpoolEntry[]> {
+export async function readSpool(dir: string, skip: Set<string>, onBad: (file: string, why: string) => void): Promise<{ entries: SpoolEntry[]; more: boolean }> {
   let names: string[]
   try {
     names = await readdir(dir)
   } catch {
-    return []
+    return { entries: [], more: false }
   }
-  const found: { file: string; mtime: number }[] = []
+  const found: { file: string; mtime: number; why?: string }[] = []
   for (const name of names) {
     const file = path.join(dir, name)
     if (name.startsWith('.') || !name.endsWith('.json') || skip.has(file)) continue
     try {
-      found.push({ file, mtime: (await stat(file)).mtimeMs })
+      const st = await lstat(file)
+      const why = !st.isFile() ? 'not a regular file' : st.uid !== process.getuid?.() ? `owned by uid ${st.uid}, not ours` : st.size > MAX_EVENT_BYTES ? `larger than ${MAX_EVENT_BYTES} bytes` : undefined
+      found.push({ file, mtime: st.mtimeMs, why })
     } catch { /* taken by another drain */ }
   }
   found.sort((a, b) => a.mtime - b.mtime || a.file.localeCompare(b.file))
   const entries: SpoolEntry[] = []
-  for (const { file, mtime } of found) {
+  for (const { file, mtime, why } of found.slice(0, SPOOL_BATCH)) {
     try {
+      if (why) throw new Error(why)
       const event = parseEvent(JSON.parse(await readFile(file, 'utf8')))
       event.time ??= new Date(mtime).toISOString()
       entries.push({ file, event })
@@ -62,7 +70,7 @@ export async function readSpool(dir: string, skip: Set<string>, onBad: (file: st
       await rename(file, `${file}.bad`).catch(() => unlink(file).catch(() => {}))
     }
   }
-  return entries
+  return { entries, more: found.length > SPOOL_BATCH }
 }
 
 /** Removes temp files a shim left when it was killed between write and rename. */

@@ -25,6 +25,12 @@ export interface Store {
   /** A consistent snapshot. The file is only ever replaced whole, so reading needs no lock. */
   read(): Promise<Data>
   /**
+   * The same, parsed once per version of the file and shared by every caller until the file is replaced:
+   * for the runner's readers (API GETs, supervisors), which read far more often than jobs write. Frozen: a
+   * caller that needs to change it takes read() instead.
+   */
+  snapshot(): Promise<Data>
+  /**
    * Applies `change` to the document under the lock and writes it once. Changes requested while a write is
    * pending are applied in the same locked cycle (one write for many). If `change` throws, its edits are
    * dropped and the others still land.
@@ -158,8 +164,17 @@ export function openStore(opts: StoreOptions): Store {
       })
   }
 
+  let shared: { version: string; data: Data } | undefined
+
   return {
     file,
+    async snapshot() {
+      // The file is replaced by rename on every write: a new inode (or size, or time) is a new version.
+      const st = await stat(file).catch((err: NodeJS.ErrnoException) => { if (err.code === 'ENOENT') return undefined; throw err })
+      const version = st ? `${st.ino}:${st.size}:${st.mtimeMs}` : 'none'
+      if (shared?.version !== version) shared = { version, data: deepFreeze(await this.read()) }
+      return shared.data
+    },
     async read() {
       try {
         return parseData(await readFile(file, 'utf8'))
@@ -215,4 +230,12 @@ export async function readStoreView(dataDir: string): Promise<StoreView> {
     if (!(err instanceof SchemaError)) throw err
     return { file, error: err.message, data: fallback, backups }
   }
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    Object.freeze(value)
+    for (const v of Object.values(value)) deepFreeze(v)
+  }
+  return value
 }

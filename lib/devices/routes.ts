@@ -10,7 +10,7 @@ export const deviceRoutes: ApiRoute[] = [
   {
     method: 'GET',
     path: '/status',
-    handler: async (_e, api) => gatewayStatus({ config: api.config(), data: await api.store.read(), sh: api.sh }),
+    handler: async (_e, api) => gatewayStatus({ config: api.config(), data: await api.store.snapshot(), sh: api.sh }),
   },
   {
     method: 'GET',
@@ -19,7 +19,7 @@ export const deviceRoutes: ApiRoute[] = [
       const { status } = getQuery(event) as { status?: unknown }
       const why = statusFilterError(status)
       if (why) throw badRequest(why)
-      return listDevices(await api.store.read(), status as DeviceStatus | undefined)
+      return listDevices(await api.store.snapshot(), status as DeviceStatus | undefined)
     },
   },
   {
@@ -29,7 +29,7 @@ export const deviceRoutes: ApiRoute[] = [
       const raw = safeDecode(getRouterParam(event, 'mac') ?? '')
       const mac = normalizeMac(raw)
       if (!mac) throw badRequest(`not a MAC address: ${JSON.stringify(raw)}`)
-      const device = (await api.store.read()).devices[mac]
+      const device = (await api.store.snapshot()).devices[mac]
       if (!device) throw notFound(`no device ${mac}`)
       return device
     },

@@ -125,7 +125,7 @@ export const nat64Supervisor = defineSupervisor({
       const c = config()
       const status = nat64Status(c)
       const running = taygaPid(c.runDir, INSTANCE)
-      const data = await store.read()
+      const data = await store.snapshot()
       const devices = status.prefix
         ? Object.values(data.devices).filter((d) => d.status === 'active' && d.lanIpv4 && isIpv4(d.lanIpv4))
           .map((d) => ({ mac: d.mac, lanIpv4: d.lanIpv4!, address: mappedAddress(status.prefix!, d.lanIpv4!) }))

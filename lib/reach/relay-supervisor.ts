@@ -20,7 +20,7 @@ export const relaySupervisor = defineSupervisor({
         const c = config()
         const wan6 = hasRole(c, 'gateway') ? globalIpv6(await getLink(sh, c.wanIf)) : []
         // A host that is not a gateway has no devices to relay to: every listener closes.
-        const result = await relay.apply(hasRole(c, 'gateway') ? relayRules(await store.read(), c, wan6) : [])
+        const result = await relay.apply(hasRole(c, 'gateway') ? relayRules(await store.snapshot(), c, wan6) : [])
         failed = result.failed
         // Say each failing listener once, not every retry.
         const now = new Set(failed.map((f) => ruleKey(f.rule)))

@@ -17,7 +17,7 @@ async function changeForwards<T>(api: ApiContext, work: () => Promise<T>): Promi
 }
 
 export const forwardRoutes: ApiRoute[] = [
-  { method: 'GET', path: '/forwards', handler: async (_e, api) => (await api.store.read()).forwards },
+  { method: 'GET', path: '/forwards', handler: async (_e, api) => (await api.store.snapshot()).forwards },
   {
     method: 'POST',
     path: '/forwards',

@@ -54,13 +54,25 @@ function needRunner(api: ApiContext): RunnerControl {
 }
 
 const runnerRoutes: ApiRoute[] = [
-  { method: 'GET', path: '/health', handler: (_e, api) => ({ ok: true, version: api.version }) },
-  { method: 'GET', path: '/jobs', handler: async (_e, api) => jobList(api, await api.store.read()) },
+  {
+    method: 'GET',
+    path: '/health',
+    // The store is what every answer comes from: a runner that cannot read it is not healthy.
+    async handler(_e, api) {
+      try {
+        const data = await api.store.snapshot()
+        return { ok: true, version: api.version, store: { ok: true, devices: Object.keys(data.devices).length } }
+      } catch (err) {
+        return new Response(JSON.stringify({ ok: false, version: api.version, store: { ok: false, error: (err as Error).message } }), { status: 503, headers: { 'content-type': 'application/json' } })
+      }
+    },
+  },
+  { method: 'GET', path: '/jobs', handler: async (_e, api) => jobList(api, await api.store.snapshot()) },
   {
     method: 'GET',
     path: '/metrics',
     async handler(_e, api) {
-      const text = metrics(await api.store.read(), api.runner?.jobs().map((j) => j.name) ?? [])
+      const text = metrics(await api.store.snapshot(), api.runner?.jobs().map((j) => j.name) ?? [])
       return new Response(text, { headers: { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' } })
     },
   },
@@ -79,7 +91,6 @@ const runnerRoutes: ApiRoute[] = [
   {
     method: 'POST',
     path: '/events',
-    access: 'loopback',
     async handler(event, api) {
       const runner = needRunner(api)
       let hook: HookEvent

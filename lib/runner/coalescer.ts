@@ -12,6 +12,9 @@ export interface CoalesceOptions<T> {
   /** Longest a first event waits (ms), however long the burst goes on. */
   maxWait: () => number
   onFlush: (key: string, items: T[]) => void
+  /** Adds `item` to a burst's `items` in place, returning what it dropped to stay bounded (see queue.ts). */
+  add: (items: T[], item: T) => T[]
+  onDrop: (key: string, dropped: T[]) => void
 }
 
 interface Burst<T> { items: T[]; first: number; last: number; timer: ReturnType<typeof setTimeout> }
@@ -38,7 +41,8 @@ export function createCoalescer<T>(o: CoalesceOptions<T>): Coalescer<T> {
       const now = Date.now()
       const b = bursts.get(key)
       if (b) {
-        b.items.push(item)
+        const dropped = o.add(b.items, item)
+        if (dropped.length > 0) o.onDrop(key, dropped)
         b.last = now
         return
       }

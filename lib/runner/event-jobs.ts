@@ -1,5 +1,7 @@
 // Which jobs a hook event wakes up. One declarative table: add a row to send a new kind of event to a job.
-// An event that names its job (`dualgate-event --job NAME ...`, or `job` in POST /events) skips the table.
+// An event may name its job instead (`dualgate-event --job NAME ...`: fw4's reload asks for refresh-proxies,
+// jobs ask for each other through the spool), but only one of the reconcilers below: an event never starts
+// install, diagnose --fix, port-forward or any job that takes arguments.
 import type { Config } from '../core/config.ts'
 import type { HookEvent } from '../core/event.ts'
 
@@ -32,8 +34,11 @@ export const EVENT_RULES: EventRule[] = [
   { sources: ['udhcpc', 'udhcpc6', 'dhclient', 'dhclient6', 'odhcpc', 'odhcp6c', 'dhcp'], jobs: ['acquire-leases'] },
 ]
 
+/** The jobs an event may name: idempotent reconcilers that read what to do from the system and the store. */
+export const EVENT_JOBS = ['scan-arp', 'acquire-leases', 'prune-stale', 'refresh-proxies']
+
 export function jobsFor(e: HookEvent, config: Config, rules: EventRule[] = EVENT_RULES): string[] {
-  if (e.job) return [e.job]
+  if (e.job) return EVENT_JOBS.includes(e.job) ? [e.job] : []
   const jobs = new Set<string>()
   for (const r of rules) {
     if (!r.sources.includes(e.source)) continue

@@ -3,7 +3,8 @@
 // its own child process without overlap, records every run in the store, and serves the API.
 // Signals: SIGTERM/SIGINT stop it cleanly (exit 0); SIGHUP reloads the configuration.
 import { randomUUID } from 'node:crypto'
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import type { Server as HttpServer } from 'node:http'
+import { chmodSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { unlink } from 'node:fs/promises'
 import { serve } from 'h3'
 import { packageVersion, type RunnerControl } from '../core/api.ts'
@@ -16,14 +17,15 @@ import { openStore } from '../core/store.ts'
 import { toPayload, type HookEvent } from '../core/event.ts'
 import { createCoalescer } from './coalescer.ts'
 import { discoverJobs, jobsDir } from './jobs.ts'
+import { API_LIMITS, guardServer, serverOptions } from '../core/http-guard.ts'
 import { startSupervisor } from '../core/supervisor.ts'
 import { clatSupervisor } from '../clat/supervisor.ts'
 import { nat64Supervisor } from '../nat64/supervisor.ts'
 import { relaySupervisor } from '../reach/relay-supervisor.ts'
 import { createRunnerApi } from './api.ts'
-import { createQueue, type Batch, type Item } from './queue.ts'
+import { addBounded, createQueue, MAX_PENDING, type Batch, type Item } from './queue.ts'
 import { recordRun } from './record.ts'
-import { jobsFor } from './event-jobs.ts'
+import { EVENT_JOBS, jobsFor } from './event-jobs.ts'
 import { scheduleJobs, type Schedule } from './schedule.ts'
 import { spawnJob, type ChildRun } from './spawn.ts'
 import { cleanSpool, readSpool, spoolDir, watchSpool, writeSpool, type SpoolWatcher } from '../core/spool.ts'
@@ -75,8 +77,10 @@ async function main(): Promise<void> {
   }
   const persist = config.persistDir ? startPersist({ dataDir, persistDir: config.persistDir, intervalSec: config.persistInterval, onError: (m) => log.error(m) }) : undefined
   const store = openStore({ dataDir, backupCount: config.backupCount, backupInterval: config.backupInterval, onError: (m) => log.error(m) })
+  // Hooks hand events over through the spool: it is root's alone (the shim writes it under umask 077).
   const spool = spoolDir(dataDir)
-  mkdirSync(spool, { recursive: true })
+  mkdirSync(spool, { recursive: true, mode: 0o700 })
+  chmodSync(spool, 0o700)
   await cleanSpool(spool)
 
   const dir = jobsDir()
@@ -136,7 +140,17 @@ async function main(): Promise<void> {
     else release(batch.items)
   }
 
-  const queue = createQueue(runBatch)
+  // Dropped events (see queue.ts) leave the spool; how many is said at most once a minute.
+  let droppedEvents = 0
+  let droppedSaidAt = 0
+  const dropped = (job: string, items: Item[]) => {
+    release(items)
+    droppedEvents += items.length
+    if (Date.now() - droppedSaidAt < 60_000) return
+    droppedSaidAt = Date.now()
+    log.warn(`${droppedEvents} events dropped so far (the last for ${job}): the same as one already waiting, or more than ${MAX_PENDING} waiting for one job`)
+  }
+  const queue = createQueue(runBatch, dropped)
   const request = (job: string, batch: Batch) => {
     const state = queue.request(job, batch)
     if (state === 'closed') void keep(job, batch.items)
@@ -146,9 +160,12 @@ async function main(): Promise<void> {
     window: () => config.coalesceWindow,
     maxWait: () => config.coalesceWindow * MAX_WAIT_FACTOR,
     onFlush: (job, items) => request(job, { items, triggers: ['event'] }),
+    add: addBounded,
+    onDrop: dropped,
   })
 
   function submit(event: HookEvent, file?: string): string[] {
+    if (event.job && !EVENT_JOBS.includes(event.job)) log.warn(`event ${event.source} ${event.event} names job ${event.job}, which events may not start (only ${EVENT_JOBS.join(', ')}); ignored`)
     const targets = jobsFor(event, config).filter((job) => {
       if (jobFile(job)) return true
       if (event.job) log.warn(`event ${event.source} ${event.event} names job ${job}, which does not exist`)
@@ -177,9 +194,10 @@ async function main(): Promise<void> {
     try {
       do {
         again = false
-        const entries = await readSpool(spool, new Set(claims.keys()), (file, why) => log.error(`spool file ${file} is not a valid event (${why}); kept as ${file}.bad`))
+        const { entries, more } = await readSpool(spool, new Set(claims.keys()), (file, why) => log.error(`spool file ${file} is not a valid event (${why}); kept as ${file}.bad`))
         if (stopping) return
         for (const e of entries) submit(e.event, e.file)
+        if (more) again = true
       } while (again)
     } catch (err) {
       log.error(`reading the spool ${spool}: ${(err as Error).message}`)
@@ -202,7 +220,8 @@ async function main(): Promise<void> {
   const supervisors = SUPERVISORS.map((def) => startSupervisor(def, { store, config: () => config, sh, log: () => log }))
   const closeSupervisors = () => Promise.all(supervisors.map((s) => s.close()))
   const app = createRunnerApi({ store, config: () => config, runner, version: packageVersion(), log, routes: supervisors.flatMap((s) => s.routes) })
-  const server = serve(app, { hostname: config.apiHost, port: config.apiPort, manual: true, silent: true, gracefulShutdown: false })
+  const server = serve(app, { hostname: config.apiHost, port: config.apiPort, manual: true, silent: true, gracefulShutdown: false, node: serverOptions(API_LIMITS) })
+  if (server.node?.server) guardServer(server.node.server as HttpServer, API_LIMITS)
   let schedule: Schedule | undefined
   const startSchedule = () => scheduleJobs(config.schedules, (j) => !!jobFile(j), (job) => request(job, { items: [], triggers: ['cron'] }), (m) => log.info(m))
   let watcher: SpoolWatcher | undefined

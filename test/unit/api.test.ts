@@ -80,11 +80,17 @@ describe('api', () => {
     })
   })
 
-  it('GET /health', async () => {
-    expect(await json(app.fetch(req('/health')))).toEqual({ status: 200, body: { ok: true, version: '9.9.9' } })
+  it('GET /health, with the store it answers from', async () => {
+    expect(await json(app.fetch(req('/health')))).toEqual({ status: 200, body: { ok: true, version: '9.9.9', store: { ok: true, devices: 3 } } })
     const head = await app.fetch(req('/health', { method: 'HEAD' }))
     expect(head.status).toBe(200)
     expect(await head.text()).toBe('')
+  })
+
+  it('GET /health is 503 when the store cannot be read', async () => {
+    const s = setup()
+    const broken = createRunnerApi({ store: { ...s.store, snapshot: () => Promise.reject(new Error('EACCES: permission denied')) }, config: s.config })
+    expect(await json(broken.fetch(req('/health')))).toEqual({ status: 503, body: { ok: false, version: expect.any(String), store: { ok: false, error: 'EACCES: permission denied' } } })
   })
 
   it('GET /status: devices by status, runner, jobs', async () => {
@@ -165,24 +171,36 @@ describe('api', () => {
     expect(fake.triggered).toEqual(['count:api', 'scan-arp:api'])
   })
 
-  it('POST /events: from loopback without a token, from elsewhere only with one; bad events are 400', async () => {
+  it('POST /events: only with the token, from loopback too (any local user can reach it); bad events are 400, large ones 413', async () => {
     const body = JSON.stringify({ source: 'dnsmasq', event: 'add', args: ['02:00:00:00:00:05'] })
-    expect(await json(app.fetch(req('/events', { method: 'POST', body, ip: '127.0.0.1' })))).toEqual({ status: 202, body: { jobs: ['scan-arp'] } })
-    expect((await json(app.fetch(req('/events', { method: 'POST', body, ip: '::1' })))).status).toBe(202)
-    expect((await json(app.fetch(req('/events', { method: 'POST', body, ip: '::ffff:127.0.0.1' })))).status).toBe(202)
-    expect((await json(app.fetch(req('/events', { method: 'POST', body, ip: '192.168.1.7' })))).status).toBe(401)
-    expect((await json(app.fetch(req('/events', { method: 'POST', body })))).status).toBe(401)
+    for (const ip of ['127.0.0.1', '::1', '::ffff:127.0.0.1', '192.168.1.7', undefined]) {
+      expect((await json(app.fetch(req('/events', { method: 'POST', body, ip })))).status).toBe(401)
+    }
+    expect(fake.events).toHaveLength(0)
+    expect(await json(app.fetch(req('/events', { method: 'POST', body, ip: '127.0.0.1', token: TOKEN })))).toEqual({ status: 202, body: { jobs: ['scan-arp'] } })
     expect((await json(app.fetch(req('/events', { method: 'POST', body, ip: '192.168.1.7', token: TOKEN })))).status).toBe(202)
-    expect(fake.events).toHaveLength(4)
+    expect(fake.events).toHaveLength(2)
     expect(fake.events[0]).toEqual({ source: 'dnsmasq', event: 'add', args: ['02:00:00:00:00:05'], env: {} })
-    const notJson = await json(app.fetch(req('/events', { method: 'POST', body: '{', ip: '127.0.0.1' })))
+    const notJson = await json(app.fetch(req('/events', { method: 'POST', body: '{', token: TOKEN })))
     expect(notJson).toEqual({ status: 400, body: { error: 'body is not JSON' } })
-    const invalid = await json(app.fetch(req('/events', { method: 'POST', body: JSON.stringify({ source: 'x y', event: 'add' }), ip: '127.0.0.1' })))
+    const invalid = await json(app.fetch(req('/events', { method: 'POST', body: JSON.stringify({ source: 'x y', event: 'add' }), token: TOKEN })))
     expect(invalid.status).toBe(400)
     expect(invalid.body.error).toMatch(/source/)
-    const huge = await json(app.fetch(req('/events', { method: 'POST', body: JSON.stringify({ source: 'a', event: 'b', args: ['x'.repeat(70_000)] }), ip: '127.0.0.1' })))
+    const large = await json(app.fetch(req('/events', { method: 'POST', body: JSON.stringify({ source: 'a', event: 'b', args: ['x'.repeat(9000)] }), token: TOKEN })))
+    expect(large).toMatchObject({ status: 400, body: { error: expect.stringMatching(/larger than 8192 bytes/) } })
+    const huge = await json(app.fetch(req('/events', { method: 'POST', body: JSON.stringify({ source: 'a', event: 'b', args: ['x'.repeat(70_000)] }), token: TOKEN })))
     expect(huge.status).toBe(413)
-    expect(fake.events).toHaveLength(4)
+    expect(fake.events).toHaveLength(2)
+  })
+
+  it('reads a body as it streams and stops at the limit: a chunked body without a length gets 413', async () => {
+    let pulled = 0
+    const chunk = new Uint8Array(16 * 1024).fill(0x20)
+    // An endless body: the API must stop reading it, not wait for its end.
+    const body = new ReadableStream<Uint8Array>({ pull(c) { pulled++; c.enqueue(chunk) } })
+    const res = await app.fetch(new Request('http://localhost/forwards', { method: 'POST', body, headers: { authorization: `Bearer ${TOKEN}` }, duplex: 'half' } as RequestInit))
+    expect(res.status).toBe(413)
+    expect(pulled).toBeLessThan(20)
   })
 
   it('unknown routes are 404 and wrong methods 405, both as JSON', async () => {
@@ -201,9 +219,8 @@ describe('api', () => {
       expect(res.status).toBe(403)
       expect(res.body.error).toMatch(/no API token is configured/)
     }
-    expect((await json(bare.fetch(req('/events', { method: 'POST', body: '{"source":"a","event":"b"}', ip: '10.0.0.2' })))).status).toBe(403)
-    // Loopback hook events still work, and reading is still open.
-    expect((await json(bare.fetch(req('/events', { method: 'POST', body: '{"source":"a","event":"b"}', ip: '127.0.0.1' })))).status).toBe(202)
+    for (const ip of ['10.0.0.2', '127.0.0.1']) expect((await json(bare.fetch(req('/events', { method: 'POST', body: '{"source":"a","event":"b"}', ip })))).status).toBe(403)
+    // Reading is still open.
     expect((await json(bare.fetch(req('/health')))).status).toBe(200)
   })
 

@@ -11,7 +11,7 @@ import { afterAll, afterEach, beforeEach, describe, expect, it, vi } from 'vites
 import { loadConfig } from '../../lib/core/config.ts'
 import { parseEvent, toPayload } from '../../lib/core/event.ts'
 import { createCoalescer } from '../../lib/runner/coalescer.ts'
-import { createQueue, type Batch } from '../../lib/runner/queue.ts'
+import { addBounded, createQueue, MAX_PENDING, type Batch, type Item } from '../../lib/runner/queue.ts'
 import { jobsFor } from '../../lib/runner/event-jobs.ts'
 import { parseData, type Data } from '../../lib/core/schema.ts'
 
@@ -31,6 +31,8 @@ afterAll(() => { for (const d of dirs) rmSync(d, { recursive: true, force: true 
 
 const config = loadConfig({ env: { DUALGATE_WAN_IF: 'eth9' }, uciFile: '/nonexistent' }).config
 const ev = (o: Record<string, unknown>) => parseEvent({ source: 'test', event: 'x', ...o })
+/** The coalescer alone: every item kept (bounds are tested with the queue's addBounded). */
+const unbounded = { add: <T>(items: T[], i: T) => { items.push(i); return [] as T[] }, onDrop: () => {} }
 
 describe('coalescing', () => {
   beforeEach(() => { vi.useFakeTimers() })
@@ -38,7 +40,7 @@ describe('coalescing', () => {
 
   it('turns a burst into one flush with every item', () => {
     const flushes: number[][] = []
-    const c = createCoalescer<number>({ window: () => 1000, maxWait: () => 5000, onFlush: (_k, items) => flushes.push(items) })
+    const c = createCoalescer<number>({ window: () => 1000, maxWait: () => 5000, onFlush: (_k, items) => flushes.push(items), ...unbounded })
     for (let i = 0; i < 500; i++) {
       c.add('scan-arp', i)
       vi.advanceTimersByTime(2)
@@ -51,7 +53,7 @@ describe('coalescing', () => {
 
   it('flushes a never-ending stream at the max wait, losing nothing', () => {
     const flushes: number[][] = []
-    const c = createCoalescer<number>({ window: () => 1000, maxWait: () => 5000, onFlush: (_k, items) => flushes.push(items) })
+    const c = createCoalescer<number>({ window: () => 1000, maxWait: () => 5000, onFlush: (_k, items) => flushes.push(items), ...unbounded })
     for (let i = 0; i < 120; i++) {
       c.add('j', i)
       vi.advanceTimersByTime(100)
@@ -65,7 +67,7 @@ describe('coalescing', () => {
 
   it('keeps keys apart and hands back what is pending without flushing', () => {
     const flushed: string[] = []
-    const c = createCoalescer<number>({ window: () => 50, maxWait: () => 250, onFlush: (k) => flushed.push(k) })
+    const c = createCoalescer<number>({ window: () => 50, maxWait: () => 250, onFlush: (k) => flushed.push(k), ...unbounded })
     c.add('a', 1)
     c.add('b', 2)
     c.add('a', 3)
@@ -76,7 +78,7 @@ describe('coalescing', () => {
 
   it('with a zero window still merges what arrives in the same tick', () => {
     const flushes: number[][] = []
-    const c = createCoalescer<number>({ window: () => 0, maxWait: () => 0, onFlush: (_k, items) => flushes.push(items) })
+    const c = createCoalescer<number>({ window: () => 0, maxWait: () => 0, onFlush: (_k, items) => flushes.push(items), ...unbounded })
     c.add('j', 1)
     c.add('j', 2)
     vi.advanceTimersByTime(1)
@@ -95,8 +97,9 @@ describe('queue', () => {
       runs.push({ job, n: batch.items.length, triggers: batch.triggers })
       await new Promise((r) => setTimeout(r, 30))
       active--
-    })
-    const batch = (n: number, trigger = 'event'): Batch => ({ items: Array.from({ length: n }, () => ({ event: ev({}) })), triggers: [trigger] })
+    }, () => {})
+    let seq = 0
+    const batch = (n: number, trigger = 'event'): Batch => ({ items: Array.from({ length: n }, () => ({ event: ev({ args: [String(seq++)] }) })), triggers: [trigger] })
     expect(q.request('a', batch(1))).toBe('started')
     expect(q.request('a', batch(2))).toBe('queued')
     expect(q.request('a', batch(3, 'cron'))).toBe('queued')
@@ -108,7 +111,7 @@ describe('queue', () => {
   })
 
   it('after close() starts nothing and hands back the follow-ups', async () => {
-    const q = createQueue(() => new Promise((r) => setTimeout(r, 20)))
+    const q = createQueue(() => new Promise((r) => setTimeout(r, 20)), () => {})
     q.request('a', { items: [], triggers: ['cron'] })
     q.request('a', { items: [{ event: ev({}) }], triggers: ['event'] })
     const left = q.close()
@@ -118,8 +121,53 @@ describe('queue', () => {
   })
 })
 
+describe('bounds on waiting events', () => {
+  const item = (n: number, size = 10) => ({ event: ev({ args: [String(n), 'x'.repeat(size)] }) })
+
+  it('drops an event identical to one already waiting, whatever its time', () => {
+    const items = [item(1)]
+    const again = { event: { ...item(1).event, time: '2024-01-01T00:00:00.000Z' } }
+    expect(addBounded(items, again)).toEqual([again])
+    expect(addBounded(items, item(2))).toEqual([])
+    expect(items.map((i) => i.event.args[0])).toEqual(['1', '2'])
+  })
+
+  it('keeps the newest MAX_PENDING and drops the oldest', () => {
+    const items: Item[] = []
+    const dropped: Item[] = []
+    for (let i = 0; i < MAX_PENDING + 10; i++) dropped.push(...addBounded(items, item(i)))
+    expect(items).toHaveLength(MAX_PENDING)
+    expect(dropped.map((d) => d.event.args[0])).toEqual(Array.from({ length: 10 }, (_, i) => String(i)))
+    expect(items[0].event.args[0]).toBe('10')
+  })
+
+  it('a burst and a follow-up run stay bounded, and what they drop is handed back', async () => {
+    const flushed: Item[][] = []
+    const dropped: Item[] = []
+    const c = createCoalescer<Item>({ window: () => 1000, maxWait: () => 5000, onFlush: (_k, items) => flushed.push(items), add: (items, i) => addBounded(items, i, 5), onDrop: (_k, d) => dropped.push(...d) })
+    vi.useFakeTimers()
+    try {
+      for (let i = 0; i < 8; i++) c.add('j', item(i))
+      c.add('j', item(7))
+      vi.advanceTimersByTime(2000)
+    } finally {
+      vi.useRealTimers()
+    }
+    expect(flushed.map((f) => f.map((i) => i.event.args[0]))).toEqual([['3', '4', '5', '6', '7']])
+    expect(dropped.map((d) => d.event.args[0])).toEqual(['0', '1', '2', '7'])
+
+    const queueDropped: Item[] = []
+    const q = createQueue(() => new Promise((r) => setTimeout(r, 50)), (_job, d) => queueDropped.push(...d))
+    q.request('j', { items: [], triggers: ['cron'] })
+    for (let i = 0; i < MAX_PENDING + 3; i++) q.request('j', { items: [item(i)], triggers: ['event'] })
+    expect(queueDropped).toHaveLength(3)
+    expect(q.close().get('j')?.items).toHaveLength(MAX_PENDING)
+    await q.idle()
+  })
+})
+
 describe('routing and payloads', () => {
-  it('routes dnsmasq, WAN interface and DHCP client events; an explicit job wins', () => {
+  it('routes dnsmasq, WAN interface and DHCP client events; an explicit job only among the reconcilers', () => {
     expect(jobsFor(ev({ source: 'dnsmasq', event: 'add' }), config)).toEqual(['scan-arp'])
     expect(jobsFor(ev({ source: 'dnsmasq', event: 'arp-del' }), config)).toEqual(['scan-arp'])
     expect(jobsFor(ev({ source: 'dnsmasq', event: 'tftp' }), config)).toEqual([])
@@ -130,7 +178,9 @@ describe('routing and payloads', () => {
     expect(jobsFor(ev({ source: 'iface', event: 'ifdown', args: ['lan', 'br-lan'] }), config)).toEqual([])
     expect(jobsFor(ev({ source: 'dhclient6', event: 'BOUND6', args: ['dg001122334455'] }), config)).toEqual(['acquire-leases'])
     expect(jobsFor(ev({ source: 'udhcpc', event: 'bound', env: { interface: 'dg001122334455' } }), config)).toEqual(['acquire-leases'])
-    expect(jobsFor(ev({ source: 'dnsmasq', event: 'add', job: 'diagnose' }), config)).toEqual(['diagnose'])
+    expect(jobsFor(ev({ source: 'firewall', event: 'reload', job: 'refresh-proxies' }), config)).toEqual(['refresh-proxies'])
+    // An event never starts a job that is not a reconciler, whatever it names.
+    for (const job of ['diagnose', 'install', 'port-forward', 'config']) expect(jobsFor(ev({ source: 'dnsmasq', event: 'add', job }), config)).toEqual([])
   })
 
   it('validates events and flattens them into payloads', () => {
@@ -307,7 +357,7 @@ describe('runner process', () => {
     await Promise.all([
       pool(viaShim, 8, (id) => run('sh', [SHIM, 'dnsmasq', 'add', '02:00:00:00:00:01', '192.168.1.20', id], { env: shimEnv })),
       pool(viaHttp, 8, async (id) => {
-        const res = await post(r, '/events', { source: 'dnsmasq', event: 'add', args: ['02:00:00:00:00:01', '192.168.1.20', id] })
+        const res = await post(r, '/events', { source: 'dnsmasq', event: 'add', args: ['02:00:00:00:00:01', '192.168.1.20', id] }, TOKEN)
         expect(res.status).toBe(202)
         expect(await res.json()).toEqual({ jobs: ['scan-arp'] })
       }),
@@ -361,17 +411,21 @@ describe('runner process', () => {
     await waitFor(() => storeData(r.dataDir).jobs.count?.last?.ok === true, 20_000, () => r.output())
   })
 
-  it('runs events spooled while it was down, and refresh-proxies at start', async () => {
+  it('runs events spooled while it was down, and refresh-proxies at start; an event never starts a job outside the reconcilers', async () => {
     const dataDir = tempDir()
     const env = { PATH: process.env.PATH, DUALGATE_DATA_DIR: dataDir }
     for (const i of [1, 2, 3]) await run('sh', [SHIM, 'dnsmasq', 'old', `02:00:00:00:00:0${i}`, `192.168.1.${i}`], { env })
+    await run('sh', [SHIM, '--job', 'prune-stale', 'test', 'ping'], { env })
+    // A job that exists but that events may not start (in the field: install, diagnose, port-forward).
     await run('sh', [SHIM, '--job', 'count', 'test', 'ping'], { env })
     writeFileSync(path.join(dataDir, 'spool', 'garbage.json'), '{"source": nope')
     const r = await startRunner(dataDir)
-    await waitFor(() => storeData(dataDir).jobs['scan-arp']?.runs === 1 && storeData(dataDir).jobs.count?.runs === 1 && storeData(dataDir).jobs['refresh-proxies']?.runs === 1, 30_000, () => r.output())
+    await waitFor(() => storeData(dataDir).jobs['scan-arp']?.runs === 1 && storeData(dataDir).jobs['prune-stale']?.runs === 1 && storeData(dataDir).jobs['refresh-proxies']?.runs === 1, 30_000, () => r.output())
     const data = storeData(dataDir)
     expect(data.jobs['scan-arp'].last?.result).toEqual({ count: 3 })
-    expect(data.jobs.count.last?.result).toEqual({ count: 1 })
+    expect(data.jobs['prune-stale'].last?.result).toEqual({ count: 1 })
+    expect(data.jobs.count).toBeUndefined()
+    expect(r.output()).toMatch(/names job count, which events may not start/)
     expect(data.jobs['refresh-proxies'].last).toMatchObject({ ok: true, trigger: 'start' })
     await waitFor(() => readdirSync(path.join(dataDir, 'spool')).join() === 'garbage.json.bad', 5000, () => readdirSync(path.join(dataDir, 'spool')).join())
     expect(r.output()).toMatch(/garbage\.json is not a valid event/)
@@ -381,7 +435,8 @@ describe('runner process', () => {
     const r = await startRunner(tempDir(), { DUALGATE_COALESCE_WINDOW: '60000' })
     expect(Number(readFileSync(path.join(r.dataDir, 'runner.pid'), 'utf8'))).toBe(r.proc.pid)
     await post(r, '/jobs/hang/run', undefined, TOKEN)
-    expect((await post(r, '/events', { job: 'count', source: 'test', event: 'pending' })).status).toBe(202)
+    expect((await post(r, '/events', { job: 'prune-stale', source: 'test', event: 'pending' })).status).toBe(401)
+    expect((await post(r, '/events', { job: 'prune-stale', source: 'test', event: 'pending' }, TOKEN)).status).toBe(202)
     const pidsFile = path.join(r.dataDir, 'hang.pids')
     await waitFor(() => existsSync(pidsFile), 20_000, () => r.output())
     const pids = readFileSync(pidsFile, 'utf8').trim().split(/\s+/).map(Number)
@@ -392,7 +447,7 @@ describe('runner process', () => {
     await waitFor(() => pids.every((p) => !alive(p)), 5000, () => `left behind: ${pids.filter(alive)}`)
     expect(existsSync(path.join(r.dataDir, 'runner.pid'))).toBe(false)
     const spooled = readdirSync(path.join(r.dataDir, 'spool')).map((f) => JSON.parse(readFileSync(path.join(r.dataDir, 'spool', f), 'utf8')))
-    expect(spooled).toEqual([expect.objectContaining({ job: 'count', source: 'test', event: 'pending' })])
+    expect(spooled).toEqual([expect.objectContaining({ job: 'prune-stale', source: 'test', event: 'pending' })])
     expect(storeData(r.dataDir).jobs.hang.last?.error).toMatch(/shutting down/)
   })
 
