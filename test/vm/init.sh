@@ -9,15 +9,9 @@
 /bin/busybox --install -s /bin
 export PATH=/bin
 
-off() {
-  sync
-  echo o >/proc/sysrq-trigger
-  sleep 60
-}
-
 die() {
   echo "kernel lab init: $*"
-  off
+  poweroff -f
 }
 
 mount -t proc proc /proc
@@ -45,6 +39,8 @@ mount -t tmpfs tmpfs $r/dev/shm
 mount -t tmpfs -o mode=1777 tmpfs $r/tmp
 mount -t tmpfs -o mode=755 tmpfs $r/run
 mkdir -p $r/run/lock
+# For the power-off at the end: the 9p root may be gone by then.
+cp /bin/busybox $r/run/busybox
 
 modules=$r/lib/modules/$(uname -r)
 mkdir -p "$modules"
@@ -69,6 +65,4 @@ shift
   /usr/bin/env "$@"
   echo $? >"$share/status"
 } 2>&1 | cat
-sync
-echo o >/proc/sysrq-trigger
-exec sleep 60' init "$dgshare" "$@"
+exec /run/busybox poweroff -f' init "$dgshare" "$@"
