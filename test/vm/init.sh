@@ -6,6 +6,8 @@
 #   dgmodules  the unpacked kernel's /lib/modules/<version>
 # The host's root (9p tag "dgroot", read-only) goes under a tmpfs overlay; the command runs there,
 # as `env ARGV...`, with stdin /dev/null and its output on the console; then the VM powers off.
+# /proc, /sys, /dev and /run are the guest's own; /tmp stays the overlay's, since a checkout (CI's
+# clone) may live there.
 /bin/busybox --install -s /bin
 export PATH=/bin
 
@@ -36,7 +38,6 @@ mount -t devtmpfs devtmpfs $r/dev
 mkdir -p $r/dev/pts $r/dev/shm
 mount -t devpts devpts $r/dev/pts
 mount -t tmpfs tmpfs $r/dev/shm
-mount -t tmpfs -o mode=1777 tmpfs $r/tmp
 mount -t tmpfs -o mode=755 tmpfs $r/run
 mkdir -p $r/run/lock
 # For the power-off at the end: the 9p root may be gone by then.
