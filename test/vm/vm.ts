@@ -3,8 +3,8 @@
 // WireGuard, netem). See test/vm/README.md.
 //
 // The guest sees the host's / read-only through 9p, under a tmpfs overlay (writes vanish with the
-// VM), with its own /proc, /sys, /dev, /tmp and /run, so every tool, node_modules and this checkout
-// are there at the same paths. It has no network device: its namespaces are its own. One host
+// VM), with its own /proc, /sys, /dev and /run, so every tool, node_modules and this checkout are
+// there at the same paths. It has no network device: its namespaces are its own. One host
 // directory (KERNEL_LAB_OUT in the guest, the same path on both sides) is writable: the command
 // leaves result files there; init.sh writes the exit status beside it.
 //
@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
-export const REPO = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
+const REPO = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
 const CACHE = join(REPO, '.kernel-lab', 'current')
 const QEMU = 'qemu-system-x86_64'
 const CONSOLE_TAIL = 64 << 10
@@ -25,8 +25,7 @@ const GUEST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 // Paths go on the kernel command line, which splits at spaces and knows no escapes.
 const CMDLINE_PATH_RE = /^\/[A-Za-z0-9._/+-]+$/
 
-export interface Kernel {
-  version: string
+interface Kernel {
   vmlinuz: string
   initramfs: string
   modules: string
@@ -71,13 +70,12 @@ export function kernelLabUnavailable(): string | undefined {
 }
 
 /** The prepared kernel; throws when test/vm/prepare-kernel.sh has not run. */
-export function preparedKernel(): Kernel {
+function preparedKernel(): Kernel {
   if (!existsSync(join(CACHE, 'ready')) || !existsSync(join(CACHE, 'initramfs.cpio'))) {
     throw new Error(`the kernel lab is not prepared (no ${CACHE}/ready): run sh test/lab/prepare.sh as root`)
   }
   const version = readlinkSync(join(REPO, '.kernel-lab', 'current'))
   return {
-    version,
     vmlinuz: join(CACHE, 'vmlinuz'),
     initramfs: join(CACHE, 'initramfs.cpio'),
     modules: join(REPO, '.kernel-lab', version, 'root', 'lib', 'modules', version),
@@ -116,7 +114,7 @@ function checkArgs(opts: VmOptions): void {
   }
 }
 
-/** Boots the kernel lab, runs opts.argv in it and powers it off. Rejects only when QEMU cannot start. */
+/** Boots the kernel lab, runs opts.argv in it and powers it off. Rejects when it cannot boot at all (bad arguments, no prepared kernel, no QEMU). */
 export async function runInVm(opts: VmOptions): Promise<VmResult> {
   checkArgs(opts)
   const kernel = preparedKernel()
