@@ -6,6 +6,7 @@
 #    dnsmasq-base, not dnsmasq: the dnsmasq package starts a system DNS/DHCP service in the root
 #    namespace, and the lab only ever runs dnsmasq inside its own namespaces.
 #  - Not root and tools missing: say that the lab tests will be skipped (they need root anyway).
+#  - As root: the kernel lab's Debian kernel and initramfs (test/vm/prepare-kernel.sh, cached).
 set -eu
 
 cd "$(dirname "$0")/../.."
@@ -20,7 +21,8 @@ fi
 
 # command:package pairs
 tools="ip:iproute2 nft:nftables dnsmasq:dnsmasq-base udhcpc:udhcpc dhclient:isc-dhcp-client
-arping:arping rdisc6:ndisc6 socat:socat haproxy:haproxy iperf3:iperf3 tayga:tayga busybox:busybox curl:curl"
+arping:arping rdisc6:ndisc6 socat:socat haproxy:haproxy iperf3:iperf3 tayga:tayga busybox:busybox curl:curl
+qemu-system-x86_64:qemu-system-x86 depmod:kmod wg:wireguard-tools ping:iputils-ping"
 
 PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 missing_cmds=""
@@ -34,25 +36,27 @@ for pair in $tools; do
   fi
 done
 
-[ -z "$missing_cmds" ] && exit 0
-
-if [ "$(id -u)" -ne 0 ]; then
+if [ -n "$missing_cmds" ] && [ "$(id -u)" -ne 0 ]; then
   echo "prepare: missing lab tools:$missing_cmds; not root, so the network lab tests will be skipped" >&2
   exit 0
 fi
 
-echo "prepare: installing lab tools:$missing_pkgs" >&2
-export DEBIAN_FRONTEND=noninteractive
-# haproxy's and iperf3's packages would start their services in the root namespace: policy-rc.d says no,
-# for the length of this install only (and only if no policy of the admin's is in place).
-policy=/usr/sbin/policy-rc.d
-own_policy=
-if [ ! -e "$policy" ]; then
-  printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=1
-  trap 'rm -f "$policy"' EXIT
+if [ -n "$missing_cmds" ]; then
+  echo "prepare: installing lab tools:$missing_pkgs" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  # haproxy's and iperf3's packages would start their services in the root namespace: policy-rc.d says no,
+  # for the length of this install only (and only if no policy of the admin's is in place).
+  policy=/usr/sbin/policy-rc.d
+  own_policy=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=1
+    trap 'rm -f "$policy"' EXIT
+  fi
+  apt-get update -qq
+  # shellcheck disable=SC2086 # word splitting of the package list is intended
+  apt-get install -y -qq --no-install-recommends $missing_pkgs >/dev/null
+  [ -n "$own_policy" ] && rm -f "$policy"
 fi
-apt-get update -qq
-# shellcheck disable=SC2086 # word splitting of the package list is intended
-apt-get install -y -qq --no-install-recommends $missing_pkgs >/dev/null
-[ -n "$own_policy" ] && rm -f "$policy"
-exit 0
+
+[ "$(id -u)" -eq 0 ] || exit 0
+sh test/vm/prepare-kernel.sh
