@@ -7,11 +7,11 @@ import pLimit from 'p-limit'
 import { retryDelaySeconds } from '../lib/core/backoff.ts'
 import { freeRouteTable, logTransitions, setStatus, type Transition } from '../lib/devices/state.ts'
 import { setSysctls } from '../lib/net/sysctl.ts'
-import { acquireIdentity, refreshIdentity, releaseIdentity, wanSysctls, type IdentityEnv } from '../lib/devices/identity.ts'
+import { acquireIdentity, ensureForwarding, pathProblem, refreshIdentity, releaseIdentity, wanSysctls, type IdentityEnv } from '../lib/devices/identity.ts'
 import { defineJob, runMain, type Payload } from '../lib/core/job.ts'
 import { requireInterfaces } from '../lib/devices/lan.ts'
 import { addDeviceNat, syncNat } from '../lib/reach/nat.ts'
-import { listLinks } from '../lib/net/ip.ts'
+import { getLink, listLinks } from '../lib/net/ip.ts'
 import { discoverPref64 } from '../lib/net/pref64.ts'
 import { ensureLanRule } from '../lib/net/route.ts'
 import { probeUpstream, type Offer } from '../lib/net/upstream.ts'
@@ -19,7 +19,7 @@ import type { Data, Device } from '../lib/core/schema.ts'
 
 export interface AcquireResult { wanUp: boolean; offer?: Offer; attempted: number; active: string[]; failed: string[]; refreshed: number; reacquired: string[] }
 
-/** WAN state from hotplug iface events (`iface ifup wan eth0`): the last event about our WAN wins. */
+/** What hotplug iface events (`iface ifup wan eth0`) say of our WAN: the last one about it wins. */
 function wanEvent(payload: Payload[], wanIf: string): 'up' | 'down' | undefined {
   let state: 'up' | 'down' | undefined
   for (const p of payload) {
@@ -47,7 +47,14 @@ const job = defineJob({
     const env: IdentityEnv = { sh, config, log }
     const wan = wanEvent(payload, config.wanIf)
     const before = await store.read()
-    const wanUp = wan ? wan === 'up' : before.upstream.wanUp
+    // An event is a claim: anyone who can hand one over could say the WAN went down and hold every device.
+    // The interface itself decides; the event only says when to look.
+    let wanUp = before.upstream.wanUp
+    if (wan) {
+      const link = await getLink(sh, config.wanIf)
+      wanUp = !!link?.up && link.carrier && link.addresses.some((a) => a.family === 4 || a.scope === 'global')
+      if ((wan === 'up') !== wanUp) log.warn(`an event says the WAN is ${wan}, but ${config.wanIf} is ${wanUp ? 'up with an address' : 'down or without an address'}: going by the interface`)
+    }
     if (wan && wanUp !== before.upstream.wanUp) {
       await store.update((d) => { d.upstream.wanUp = wanUp })
       log.info(`WAN ${config.wanIf} is ${wan}`)
@@ -59,6 +66,7 @@ const job = defineJob({
     }
 
     await requireInterfaces(sh, config)
+    await ensureForwarding(env)
     if (!ctx.dryRun) await mkdir(config.runDir, { recursive: true })
     await setSysctls(sh, wanSysctls(config.wanIf))
     await ensureLanRule(sh, config.lanAddr)
@@ -118,8 +126,15 @@ const job = defineJob({
         await releaseIdentity(env, device)
       }
       const identity = await acquireIdentity(env, device, offer, device.routeTable!)
-      // Traffic works the moment the store says active.
+      // Traffic works the moment the store says active: checked, not assumed.
       if (!identity.failure && identity.wanIpv4 && device.lanIpv4) await addDeviceNat(ctx, device.lanIpv4, identity.wanIpv4)
+      if (!identity.failure && !ctx.dryRun) {
+        const problem = await pathProblem(env, device, identity, device.routeTable!)
+        if (problem) {
+          identity.failure = `no working path: ${problem}`
+          await releaseIdentity(env, { ...device, ifname: identity.ifname })
+        }
+      }
       progress?.(++done)
       const stamp = new Date().toISOString()
       const t = await store.update((d: Data) => {

@@ -3,6 +3,7 @@
 // hairpin) in the kernel, and the relay's listeners, which the runner applies from the store. Idempotent;
 // runs on a schedule, when devices change, and when the runner starts.
 import { defineJob, runMain } from '../lib/core/job.ts'
+import { ensureForwarding } from '../lib/devices/identity.ts'
 import { requireInterfaces } from '../lib/devices/lan.ts'
 import { syncNat } from '../lib/reach/nat.ts'
 import { getLink, globalIpv6 } from '../lib/net/ip.ts'
@@ -17,6 +18,8 @@ const job = defineJob({
   exclusive: true,
   async run({ ctx }): Promise<RefreshResult> {
     await requireInterfaces(ctx.sh, ctx.config)
+    // The runner runs this job at start: a host that rebooted without our sysctl file forwards again.
+    await ensureForwarding(ctx)
     const data = await ctx.store.read()
     const nat = await syncNat(ctx, data)
     if (nat.table === 'created') ctx.log.info('nftables table inet dualgate (re)created')

@@ -9,9 +9,10 @@ import { inPrefix6 } from '../addr/ipv6.ts'
 import type { Logger } from '../core/log.ts'
 import { macvlanName } from '../addr/mac.ts'
 import { clientPid, readLease4, readLease6, startDhcp4, startDhcp6, stopClients, dhcp6Kind, type Lease4, type Lease6 } from '../net/dhcp.ts'
-import { confKey, setSysctls } from '../net/sysctl.ts'
+import { readMap } from '../net/nft.ts'
+import { confKey, readSysctl, setSysctls } from '../net/sysctl.ts'
 import { addMacvlan, deleteLink, getLink, setLinkUp, type LinkInfo } from '../net/ip.ts'
-import { applyDeviceRoutes, removeDeviceRoutes } from '../net/route.ts'
+import { applyDeviceRoutes, listRules, PREF_DEVICE, removeDeviceRoutes } from '../net/route.ts'
 import type { Offer } from '../net/upstream.ts'
 import type { Device } from '../core/schema.ts'
 
@@ -48,6 +49,34 @@ function macvlanSysctls(ifname: string): Record<string, string> {
 /** The WAN port must not answer ARP for addresses that belong to device macvlans. */
 export function wanSysctls(wanIf: string): Record<string, string> {
   return { [confKey(wanIf, 'arp_ignore')]: '1', [confKey(wanIf, 'arp_announce')]: '2' }
+}
+
+/**
+ * Devices' IPv4 is routed by the router: a plain Debian host starts with forwarding off (OpenWrt has it on),
+ * and then every identity would be up and nothing would pass. Turned on here; the installer persists it.
+ */
+export async function ensureForwarding(env: IdentityEnv): Promise<void> {
+  if ((await readSysctl(env.sh, 'net.ipv4.ip_forward')) === '1') return
+  await setSysctls(env.sh, { 'net.ipv4.ip_forward': '1' })
+  env.log.info('IPv4 forwarding turned on (net.ipv4.ip_forward=1): devices\' traffic is routed by this host')
+}
+
+/**
+ * Why a device whose leases are in still has no working path, or undefined when it has one: forwarding on,
+ * its macvlan up with its WAN address, its policy rule and its 1:1 NAT in place. Active means reachable.
+ */
+export async function pathProblem(env: IdentityEnv, device: Device, identity: Identity, table: number): Promise<string | undefined> {
+  const { sh } = env
+  const link = await getLink(sh, identity.ifname)
+  if (!link?.up) return `its macvlan ${identity.ifname} is not up`
+  const wanAddress = identity.wanIpv4 ?? identity.wanIpv6[0]
+  if (wanAddress && !link.addresses.some((a) => a.address === wanAddress)) return `its macvlan ${identity.ifname} lacks its address ${wanAddress}`
+  if (!identity.wanIpv4 || !device.lanIpv4) return undefined
+  const forwarding = await readSysctl(sh, 'net.ipv4.ip_forward')
+  if (forwarding !== '1') return `IPv4 forwarding is off on this host (net.ipv4.ip_forward=${forwarding ?? '?'}): its traffic cannot pass`
+  if (!(await listRules(sh, 4)).some((r) => r.priority === PREF_DEVICE && r.src === device.lanIpv4 && r.table === String(table))) return `its policy rule (from ${device.lanIpv4} lookup ${table}) is missing`
+  if ((await readMap(sh, 'dev_snat4')).get(device.lanIpv4) !== identity.wanIpv4) return `its source NAT (${device.lanIpv4} -> ${identity.wanIpv4}) is missing`
+  return undefined
 }
 
 export async function ensureMacvlan(env: IdentityEnv, mac: string): Promise<string> {

@@ -71,6 +71,8 @@ export function installPlan(input: PlanInput): Step[] {
     steps.push(
       { kind: 'copy', from: 'hooks/dualgate.service', to: '/etc/systemd/system/dualgate.service' },
       { kind: 'write', to: '/etc/dnsmasq.d/dualgate.conf', content: dnsmasqDropIn(`${INSTALL_DIR}/hooks`), mode: 0o644 },
+      // Devices' IPv4 is routed: on after a reboot too (acquire-leases turns it on at run time; OpenWrt has it on).
+      { kind: 'write', to: '/etc/sysctl.d/90-dualgate.conf', content: '# dualgate: kernel settings the gateway needs (removed by uninstall).\nnet.ipv4.ip_forward = 1\n', mode: 0o644 },
     )
     if (input.systemd) {
       steps.push(

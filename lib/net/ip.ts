@@ -5,6 +5,8 @@ export interface LinkInfo {
   ifname: string
   mac?: string
   up: boolean
+  /** LOWER_UP: the link has a carrier (a cable, a peer). */
+  carrier: boolean
   kind?: string
   parent?: string
   addresses: { family: 4 | 6; address: string; prefixlen: number; scope: string }[]
@@ -26,6 +28,7 @@ export function parseLinks(json: string): LinkInfo[] {
     ifname: r.ifname,
     mac: r.address,
     up: (r.flags ?? []).includes('UP'),
+    carrier: (r.flags ?? []).includes('LOWER_UP'),
     kind: r.linkinfo?.info_kind,
     parent: r.link,
     addresses: (r.addr_info ?? []).map((a) => ({ family: a.family === 'inet6' ? 6 : 4, address: a.local, prefixlen: a.prefixlen, scope: a.scope })),

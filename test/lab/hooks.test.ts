@@ -1,6 +1,6 @@
 // The whole chain as it runs on a router: devices take LAN leases, dnsmasq's dhcp-script hands the events to
 // the runner through the spool, scan-arp and acquire-leases follow, and nobody runs a job by hand. WAN
-// events from hotplug hold and resume the devices; a hostile event changes nothing.
+// events from hotplug hold and resume the devices when the interface agrees; a hostile event changes nothing.
 import { execFile } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -51,13 +51,28 @@ describe.skipIf(!isRoot())('hooks to runner to jobs (lab, dual-stack)', () => {
     expect(jobs.find((j) => j.name === 'acquire-leases')?.runs).toBeGreaterThan(0)
   })
 
+  const wanUp = async () => (await api<{ upstream: { wanUp: boolean } }>(lab, 'GET', '/status')).body.upstream.wanUp
+
+  it('does not believe a WAN event that the interface contradicts', async () => {
+    // A forged `ifdown` while the WAN is up: the devices must not be held.
+    await event('iface', 'ifdown', 'wan', lab.router.wanIf)
+    await until('the forged event handled', 15_000, async () => (/an event says the WAN is down, but eth0 is up/.test(runner.log()) ? true : undefined))
+    expect(await wanUp()).toBe(true)
+  })
+
   it('holds devices while the WAN is down and resumes when it comes back, without re-acquiring', async () => {
     const before = await devices()
-    await event('iface', 'ifdown', 'wan', lab.router.wanIf)
-    await until('WAN down recorded', 10_000, async () => ((await api<{ upstream: { wanUp: boolean } }>(lab, 'GET', '/status')).body.upstream.wanUp ? undefined : true))
-    expect((await devices()).map((d) => d.status)).toEqual(before.map((d) => d.status))
+    // The cable pulled: the upstream's end of the WAN link goes down, so the router's WAN loses its carrier.
+    await lab.exec(lab.upstream.ns, 'ip', ['link', 'set', 'rtr', 'down'])
+    try {
+      await event('iface', 'ifdown', 'wan', lab.router.wanIf)
+      await until('WAN down recorded', 15_000, async () => (await wanUp() ? undefined : true))
+      expect((await devices()).map((d) => d.status)).toEqual(before.map((d) => d.status))
+    } finally {
+      await lab.exec(lab.upstream.ns, 'ip', ['link', 'set', 'rtr', 'up'])
+    }
     await event('iface', 'ifup', 'wan', lab.router.wanIf)
-    await until('WAN up recorded', 10_000, async () => ((await api<{ upstream: { wanUp: boolean } }>(lab, 'GET', '/status')).body.upstream.wanUp ? true : undefined))
+    await until('WAN up recorded', 15_000, async () => (await wanUp() ? true : undefined))
     const after = await devices()
     for (const d of before.filter((x) => x.status === 'active')) {
       expect(after.find((x) => x.mac === d.mac)).toMatchObject({ status: 'active', wanIpv4: d.wanIpv4, statusChangedAt: d.statusChangedAt })

@@ -854,7 +854,10 @@ export async function createLab(opts: LabOptions): Promise<Lab> {
     // Namespaces. The switch carries no IPv6 of its own; client4 and devices are IPv4 only.
     const noV6 = ['net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']
     await Promise.all([
-      addNs(routerNs, ['net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1', 'net.ipv6.conf.default.forwarding=1']),
+      // The router routes IPv6 as OpenWrt does (dualgate reports IPv6 forwarding, never forces it: it would
+      // change how the WAN takes RAs); IPv4 forwarding stays at the kernel's default, off: turning it on is
+      // dualgate's own business on a plain host.
+      addNs(routerNs, ['net.ipv6.conf.all.forwarding=1', 'net.ipv6.conf.default.forwarding=1']),
       addNs(upNs, ['net.ipv6.conf.all.accept_ra=0', 'net.ipv6.conf.default.accept_ra=0']),
       addNs(swNs, noV6),
       addNs(c4Ns, noV6),

@@ -31,8 +31,9 @@ describe('install plan', () => {
     expect(commands).toEqual(['/etc/init.d/dualgate enable', '/etc/init.d/dualgate restart', '/etc/init.d/firewall reload', '/etc/init.d/dnsmasq restart'])
   })
 
-  it('Debian: systemd unit, dnsmasq drop-in, systemctl only when systemd runs', () => {
+  it('Debian: systemd unit, dnsmasq drop-in, IPv4 forwarding persisted, systemctl only when systemd runs', () => {
     const steps = installPlan({ platform: 'debian', files: [], systemd: true, dnsmasqService: '/etc/init.d/dnsmasq' })
+    expect(steps.find((s) => s.kind === 'write' && s.to === '/etc/sysctl.d/90-dualgate.conf')).toMatchObject({ content: expect.stringMatching(/^net\.ipv4\.ip_forward = 1$/m) })
     expect(steps.find((s) => s.kind === 'write' && s.to === '/etc/dnsmasq.d/dualgate.conf')).toMatchObject({ content: expect.stringContaining('dhcp-script=/usr/lib/dualgate/hooks/dnsmasq-script') })
     expect(steps.some((s) => s.kind === 'copy' && s.to === '/etc/systemd/system/dualgate.service')).toBe(true)
     expect(steps.flatMap((s) => (s.kind === 'command' ? [s.argv.join(' ')] : []))).toEqual(['systemctl daemon-reload', 'systemctl enable dualgate', 'systemctl restart dualgate', '/etc/init.d/dnsmasq restart'])
