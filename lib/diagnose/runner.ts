@@ -43,16 +43,24 @@ export const api: CheckFn = async (env) => {
   return { check: fail('api', `${url} does not answer (${why})`, cmd.join(' ')), apply: () => startRunner(env, 'restart') }
 }
 
+/** Below this open-file limit the relay runs out of descriptors long before its connection limit. */
+const MIN_FILES = 4096
+
 async function relayState(env: DiagEnv, data: Data): Promise<{ check: Check; retry: boolean }> {
   const r = await apiGet(env.ctx.config, '/relay')
   if (typeof r === 'string') return { check: warn('relay', `GET /relay failed (${r})`), retry: false }
   if (r.status === 404 || r.status === 405) return { check: warn('relay', 'this runner does not report its relay listeners (no GET /relay)'), retry: false }
-  const have = (r.body as { rules?: RelayRule[] })?.rules
+  const body = r.body as { rules?: RelayRule[]; openFileLimit?: number | null }
+  const have = body?.rules
   if (r.status !== 200 || !Array.isArray(have)) return { check: warn('relay', `GET /relay: HTTP ${r.status}`), retry: false }
+  const limit = body.openFileLimit
+  if (typeof limit === 'number' && limit < MIN_FILES) {
+    return { check: warn('relay', `the runner may open only ${limit} files: about ${Math.floor(limit / 2)} relayed connections at most`, 'raise it in the service (systemd LimitNOFILE, procd limits nofile): the units dualgate installs set 65536'), retry: false }
+  }
   const wan6 = globalIpv6(await getLink(env.ctx.sh, env.ctx.config.wanIf))
   const want = relayRules(data, env.ctx.config, wan6)
   const { missing, extra } = relayDiff(want, have)
-  if (missing.length === 0 && extra.length === 0) return { check: pass('relay', `${have.length} relay listeners match the store`), retry: false }
+  if (missing.length === 0 && extra.length === 0) return { check: pass('relay', `${have.length} relay listeners match the store; open-file limit ${limit ?? 'unknown'}`), retry: false }
   const parts = [missing.length && `${missing.length} missing (${missing.slice(0, 3).join('; ')})`, extra.length && `${extra.length} not wanted (${extra.slice(0, 3).join('; ')})`].filter(Boolean)
   return { check: fail('relay', `relay listeners differ from the store: ${parts.join(', ')}`, 'ask the runner to re-apply them (refresh-proxies)'), retry: true }
 }

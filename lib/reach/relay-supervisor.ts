@@ -2,6 +2,7 @@
 // the store (./relay-plan.ts); a pass reconciles them when the store file is replaced, and every few seconds
 // so that a listener whose address was not configured yet (EADDRNOTAVAIL) is retried.
 import { hasRole } from '../core/config.ts'
+import { openFileLimit } from '../core/limits.ts'
 import { defineSupervisor } from '../core/supervisor.ts'
 import { getLink, globalIpv6 } from '../net/ip.ts'
 import { relayRules } from './relay-plan.ts'
@@ -29,8 +30,9 @@ export const relaySupervisor = defineSupervisor({
         if (result.added + result.removed > 0) log().info(`relay: ${result.added} listeners added, ${result.removed} removed, ${relay.list().length} open`)
       },
       close: () => relay.close(),
-      // GET /relay: the listeners open now, those that failed and why, and traffic counters.
-      routes: [{ method: 'GET', path: '/relay', handler: () => ({ rules: relay.list(), failed, stats: relay.stats() }) }],
+      // GET /relay: the listeners open now, those that failed and why, traffic counters, and the runner's
+      // open-file limit (each relayed connection takes two descriptors).
+      routes: [{ method: 'GET', path: '/relay', handler: () => ({ rules: relay.list(), failed, stats: relay.stats(), openFileLimit: openFileLimit() }) }],
     }
   },
 })
