@@ -2,13 +2,14 @@
 // Gateway summary: interfaces and addresses, devices by status, the runner, the last run of each job.
 import { defineJob, runMain } from '../lib/core/job.ts'
 import { gatewayStatus, type GatewayStatus } from '../lib/devices/status.ts'
+import { listLinks } from '../lib/net/ip.ts'
 import { ago, formatTable } from '../lib/core/table.ts'
 
 const job = defineJob({
   name: 'status',
   description: 'Gateway summary: interfaces, devices by status, runner, last job runs.',
   async run({ ctx }) {
-    return gatewayStatus({ config: ctx.config, data: await ctx.store.read(), sh: ctx.sh })
+    return gatewayStatus({ config: ctx.config, data: await ctx.store.read(), links: await listLinks(ctx.sh) })
   },
   format(s: GatewayStatus) {
     const interfaces = formatTable(

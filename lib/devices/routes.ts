@@ -1,16 +1,32 @@
 // The devices' API: the gateway summary and the device table (read-only; devices change through jobs).
 import { getQuery, getRouterParam } from 'h3'
 import { badRequest, notFound, safeDecode, type ApiRoute } from '../core/api.ts'
+import type { Sh } from '../core/exec.ts'
 import type { DeviceStatus } from '../core/schema.ts'
+import { listLinks, type LinkInfo } from '../net/ip.ts'
 import { normalizeMac } from '../addr/mac.ts'
 import { listDevices, statusFilterError } from './state.ts'
 import { gatewayStatus } from './status.ts'
+
+/** How long one `ip` listing serves /status: a burst of requests starts one process, not one each. */
+const LINKS_FOR_MS = 2000
+let links: { at: number; list: Promise<LinkInfo[]> } | undefined
+
+function recentLinks(sh: Sh): Promise<LinkInfo[]> {
+  if (!links || Date.now() - links.at > LINKS_FOR_MS) {
+    const list = listLinks(sh)
+    links = { at: Date.now(), list }
+    // A failed listing is not kept for the next request.
+    list.catch(() => { if (links?.list === list) links = undefined })
+  }
+  return links.list
+}
 
 export const deviceRoutes: ApiRoute[] = [
   {
     method: 'GET',
     path: '/status',
-    handler: async (_e, api) => gatewayStatus({ config: api.config(), data: await api.store.snapshot(), sh: api.sh }),
+    handler: async (_e, api) => gatewayStatus({ config: api.config(), data: await api.store.snapshot(), links: await recentLinks(api.sh) }),
   },
   {
     method: 'GET',

@@ -1,8 +1,7 @@
 // The gateway summary shared by `jobs/status.ts` and `GET /status`: read from the store and the kernel only,
 // so it answers on a console when the runner and the API are down.
 import type { Config } from '../core/config.ts'
-import type { Sh } from '../core/exec.ts'
-import { getLink, type LinkInfo } from '../net/ip.ts'
+import type { LinkInfo } from '../net/ip.ts'
 import { runnerPid } from '../core/runner-state.ts'
 import { DEVICE_STATUSES, type Data, type DeviceStatus, type Run } from '../core/schema.ts'
 
@@ -31,8 +30,10 @@ function describe(role: 'wan' | 'lan', ifname: string, link: LinkInfo | undefine
   }
 }
 
-export async function gatewayStatus(o: { config: Config; data: Data; sh: Sh }): Promise<GatewayStatus> {
-  const [wan, lan] = await Promise.all([getLink(o.sh, o.config.wanIf), getLink(o.sh, o.config.lanIf)])
+/** The summary from the store and the router's links (`ip -j addr`, one listing for both interfaces). */
+export function gatewayStatus(o: { config: Config; data: Data; links: LinkInfo[] }): GatewayStatus {
+  const wan = o.links.find((l) => l.ifname === o.config.wanIf)
+  const lan = o.links.find((l) => l.ifname === o.config.lanIf)
   const pid = runnerPid(o.config.dataDir)
   return {
     interfaces: [describe('wan', o.config.wanIf, wan), describe('lan', o.config.lanIf, lan)],
