@@ -1,10 +1,12 @@
-// Files that root reads from places others may reach (dnsmasq's lease file, the DHCP client records).
-// Reading never follows a symbolic link at the path, never blocks on a FIFO or a device, and takes only a
-// regular file of bounded size that root (or a named service user, or this process's own user) owns and
-// nobody else can write.
+// Files that root reads from places others may reach (dnsmasq's lease file, the DHCP client records) and
+// files it replaces there (the store). Reading never follows a symbolic link at the path, never blocks on a
+// FIFO or a device, and takes only a regular file of bounded size that root (or a named service user, or
+// this process's own user) owns and nobody else can write. Writing goes through a temp file created
+// exclusively, so a link planted at the temp path is never written through.
 import type { Stats } from 'node:fs'
 import { constants } from 'node:fs'
-import { open, readFile } from 'node:fs/promises'
+import { open, readFile, rename, unlink } from 'node:fs/promises'
+import path from 'node:path'
 
 export type FileRead = { text: string } | { missing: true } | { refused: string }
 
@@ -71,4 +73,31 @@ export async function userId(user: string, passwd = '/etc/passwd'): Promise<numb
   const text = await readFile(passwd, 'utf8').catch(() => '')
   const uid = text.split('\n').map((l) => l.split(':')).find((f) => f[0] === user)?.[2] ?? ''
   return /^\d{1,10}$/.test(uid) ? Number(uid) : undefined
+}
+
+/**
+ * Replaces `file` with `text` atomically: a temp file beside it, created exclusively (O_EXCL: a link at
+ * that path fails the open instead of being followed), synced, then renamed over `file` (rename replaces
+ * a link at `file` itself, never its target). The caller holds the lock that makes it the only writer, so
+ * anything already at the temp path is a leftover of a crash or planted: it is unlinked (the link, not
+ * what it points to) and the create tried once more.
+ */
+export async function replaceFile(file: string, text: string, mode = 0o600): Promise<void> {
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.tmp`)
+  const create = () => open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode)
+  let handle
+  try {
+    handle = await create()
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+    await unlink(tmp)
+    handle = await create()
+  }
+  try {
+    await handle.writeFile(text)
+    await handle.sync()
+  } finally {
+    await handle.close()
+  }
+  await rename(tmp, file)
 }

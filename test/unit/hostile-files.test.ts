@@ -1,13 +1,14 @@
-// Files root reads where someone else may have put something first: dnsmasq's lease file, the DHCP client
-// records. Real files in temp dirs; the attacks are
+// Files root reads or writes where someone else may have put something first: dnsmasq's lease file, the DHCP
+// client records, the store's temp file. Real files in temp dirs; the attacks are
 // the ones found on a lab router (a FIFO, a symlink to a 0600 file, a file planted by nobody).
 import { execFileSync } from 'node:child_process'
-import { chmodSync, chownSync, linkSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { chmodSync, chownSync, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { parseCidr4 } from '../../lib/addr/ipv4.ts'
 import { userId } from '../../lib/core/safe-file.ts'
+import { openStore } from '../../lib/core/store.ts'
 import { leaseFile, readLease4 } from '../../lib/net/dhcp.ts'
 import { readLeases, type LanView } from '../../lib/net/neigh.ts'
 
@@ -114,4 +115,23 @@ describe('DHCP client lease records', () => {
     execFileSync('mkfifo', [file])
     expect(await readLease4(run, 'dg1')).toBe(`${file} refused: a FIFO, not a regular file`)
   }, 3000)
+})
+
+describe('store temp file', () => {
+  it('a symlink at the temp path is not written through: its target is untouched, the store is a plain file', async () => {
+    const dir = tempDir()
+    const data = path.join(dir, 'data')
+    mkdirSync(data)
+    const target = path.join(dir, 'precious')
+    writeFileSync(target, 'precious\n', { mode: 0o600 })
+    symlinkSync(target, path.join(data, '.dualgate.json.tmp'))
+    const store = openStore({ dataDir: data })
+    await store.update((d) => { d.upstream.prefixes = ['2001:db8::/64'] })
+    expect(readFileSync(target, 'utf8')).toBe('precious\n')
+    const file = path.join(data, 'dualgate.json')
+    expect(lstatSync(file).isFile()).toBe(true)
+    expect(statSync(file).mode & 0o777).toBe(0o600)
+    expect((await store.read()).upstream.prefixes).toEqual(['2001:db8::/64'])
+    expect(existsSync(path.join(data, '.dualgate.json.tmp'))).toBe(false)
+  })
 })
