@@ -1,5 +1,5 @@
 // Files root reads or writes where someone else may have put something first: dnsmasq's lease file, the DHCP
-// client records, the store's temp file. Real files in temp dirs; the attacks are
+// client records, the store's temp file, the log, the data directory. Real files in temp dirs; the attacks are
 // the ones found on a lab router (a FIFO, a symlink to a 0600 file, a file planted by nobody).
 import { execFileSync } from 'node:child_process'
 import { chmodSync, chownSync, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
@@ -7,8 +7,12 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { parseCidr4 } from '../../lib/addr/ipv4.ts'
+import { loadConfig } from '../../lib/core/config.ts'
+import { createLogger, logFile } from '../../lib/core/log.ts'
 import { userId } from '../../lib/core/safe-file.ts'
-import { openStore } from '../../lib/core/store.ts'
+import { openStore, readStoreView } from '../../lib/core/store.ts'
+import type { DiagEnv } from '../../lib/diagnose/env.ts'
+import { store as storeCheck } from '../../lib/diagnose/system.ts'
 import { leaseFile, readLease4 } from '../../lib/net/dhcp.ts'
 import { readLeases, type LanView } from '../../lib/net/neigh.ts'
 
@@ -133,5 +137,57 @@ describe('store temp file', () => {
     expect(statSync(file).mode & 0o777).toBe(0o600)
     expect((await store.read()).upstream.prefixes).toEqual(['2001:db8::/64'])
     expect(existsSync(path.join(data, '.dualgate.json.tmp'))).toBe(false)
+  })
+})
+
+describe('log file', () => {
+  it('is created 0600 in a 0700 directory, and rotation keeps every file 0600', () => {
+    const dir = tempDir()
+    const log = createLogger({ tag: 'test', dataDir: dir, maxBytes: 300, files: 3, level: 'info' })
+    for (let i = 0; i < 12; i++) log.info(`line ${i} ${'x'.repeat(60)}`)
+    const file = logFile(dir)
+    for (const f of [file, `${file}.1`, `${file}.2`]) expect((statSync(f).mode & 0o777).toString(8), f).toBe('600')
+    expect((statSync(path.dirname(file)).mode & 0o777).toString(8)).toBe('700')
+  })
+
+  it('a log left 0644 by an older version becomes 0600; a symlink at its path is not written through', () => {
+    const dir = tempDir()
+    const file = logFile(dir)
+    mkdirSync(path.dirname(file), { recursive: true })
+    writeFileSync(file, '', { mode: 0o644 })
+    chmodSync(file, 0o644)
+    createLogger({ tag: 'test', dataDir: dir }).info('hello')
+    expect(statSync(file).mode & 0o777).toBe(0o600)
+    rmSync(file)
+    const target = secret(dir)
+    symlinkSync(target, file)
+    createLogger({ tag: 'test', dataDir: dir }).info('hello')
+    expect(readFileSync(target, 'utf8')).toBe(LEASE)
+  })
+})
+
+describe('diagnose: the data directory', () => {
+  function env(dataDir: string): DiagEnv {
+    const { config } = loadConfig({ env: { DUALGATE_DATA_DIR: dataDir }, uciFile: '/nonexistent' })
+    return { ctx: { config }, store: () => readStoreView(dataDir) } as unknown as DiagEnv
+  }
+
+  it('fails when others can write it, and --fix makes it 0700', async () => {
+    const dir = tempDir()
+    chmodSync(dir, 0o777)
+    const probe = await storeCheck(env(dir))
+    expect(probe.check).toMatchObject({ status: 'fail', reason: `data directory ${dir} is writable by group or others (mode 777)`, fix: `chmod 700 ${dir}` })
+    await probe.apply!()
+    expect(statSync(dir).mode & 0o777).toBe(0o700)
+    expect((await storeCheck(env(dir))).check.status).toBe('pass')
+  })
+
+  it.skipIf(!isRoot)('fails when another user owns it, and --fix takes it back', async () => {
+    const dir = tempDir()
+    chownSync(dir, NOBODY, NOBODY)
+    const probe = await storeCheck(env(dir))
+    expect(probe.check).toMatchObject({ status: 'fail', reason: `data directory ${dir} is owned by uid 65534, not by uid 0`, fix: `chown 0:0 ${dir}; chmod 700 ${dir}` })
+    await probe.apply!()
+    expect(statSync(dir).uid).toBe(0)
   })
 })
