@@ -10,6 +10,7 @@ import { parseCidr4 } from '../../lib/addr/ipv4.ts'
 import { loadConfig } from '../../lib/core/config.ts'
 import { createLogger, logFile } from '../../lib/core/log.ts'
 import { userId } from '../../lib/core/safe-file.ts'
+import { installPlan } from '../../lib/install/plan.ts'
 import { openStore, readStoreView } from '../../lib/core/store.ts'
 import type { DiagEnv } from '../../lib/diagnose/env.ts'
 import { store as storeCheck } from '../../lib/diagnose/system.ts'
@@ -93,6 +94,20 @@ describe('dnsmasq lease file', () => {
 
   it('a missing file is nothing seen and nothing to warn about', async () => {
     expect(await readLeases(VIEW, path.join(tempDir(), 'none'))).toEqual({ seen: [], rejected: [] })
+  })
+
+  it('the Debian install points dnsmasqLeases at dnsmasq\'s own file, not /tmp (OpenWrt keeps its /tmp path)', () => {
+    const configFile = (platform: 'openwrt' | 'debian') => installPlan({ platform, files: [], systemd: false, dnsmasqService: '' })
+      .find((s) => s.kind === 'write' && s.to === '/etc/config/dualgate')
+    const leases = (platform: 'openwrt' | 'debian') => {
+      const step = configFile(platform)
+      expect(step).toMatchObject({ ifAbsent: true, mode: 0o600 })
+      const file = path.join(tempDir(), 'dualgate')
+      writeFileSync(file, step?.kind === 'write' ? step.content : '')
+      return loadConfig({ env: {}, uciFile: file }).config.dnsmasqLeases
+    }
+    expect(leases('debian')).toBe('/var/lib/misc/dnsmasq.leases')
+    expect(leases('openwrt')).toBe('/tmp/dhcp.leases')
   })
 
   it('finds a user\'s uid in a passwd file', async () => {
