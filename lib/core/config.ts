@@ -64,6 +64,10 @@ const spec = {
   logMaxBytes: [int(4096, 1 << 30), 1 << 20],
   logFiles: [int(1, 20), 3],
   arpSweep: [bool, false],
+  /**
+   * dnsmasq's lease file: OpenWrt's path by default; the Debian install sets dnsmasq's own
+   * /var/lib/misc/dnsmasq.leases. Read only when it is a regular file of root's (or the dnsmasq user's).
+   */
   dnsmasqLeases: [z.string(), '/tmp/dhcp.leases'],
   relayPorts: [ports, [80, 23]],
   relayUdpPorts: [ports, []],

@@ -1,6 +1,8 @@
 // consola with a tag per job: human lines on stderr (stdout stays clean for --json), and JSON lines in
-// $DATA_DIR/logs/dualgate.log, capped in size and rotated (dualgate.log.1, .2, ...).
-import { appendFileSync, mkdirSync, renameSync, statSync } from 'node:fs'
+// $DATA_DIR/logs/dualgate.log, capped in size and rotated (dualgate.log.1, .2, ...). The log tells which
+// devices are where and what failed, so it is root's alone: created 0600 in a 0700 directory, never written
+// through a link, and rotation renames (the mode goes with the file).
+import { closeSync, constants, fchmodSync, fstatSync, mkdirSync, openSync, renameSync, statSync, writeSync } from 'node:fs'
 import path from 'node:path'
 import { formatWithOptions } from 'node:util'
 import { createConsola, type ConsolaInstance, type LogObject } from 'consola'
@@ -68,12 +70,25 @@ function jsonLines(file: string, maxBytes: number, files: number) {
     }
     const line = JSON.stringify({ time: entry.date.toISOString(), level: entry.type, tag: entry.tag || undefined, msg: formatWithOptions({ colors: false }, ...words), ...fields })
     try {
-      if (!dirReady) { mkdirSync(path.dirname(file), { recursive: true }); dirReady = true }
+      if (!dirReady) { mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 }); dirReady = true }
       rotate(file, maxBytes, files)
-      appendFileSync(file, `${line}\n`)
+      append(file, `${line}\n`)
     } catch {
       // A full or read-only disk must not stop the gateway; the stderr line was still written.
     }
+  }
+}
+
+const APPEND = constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW | constants.O_NONBLOCK
+
+/** One line, to a file created 0600; a log left readable to others by an older version is made 0600. */
+function append(file: string, text: string): void {
+  const fd = openSync(file, APPEND, 0o600)
+  try {
+    if (fstatSync(fd).mode & 0o077) fchmodSync(fd, 0o600)
+    writeSync(fd, text)
+  } finally {
+    closeSync(fd)
   }
 }
 

@@ -1,13 +1,14 @@
-// The one JSON store every job shares. lowdb does the document and the atomic file replace (steno writes a
-// temp file and renames it); this module adds what lowdb leaves out for many processes: an inter-process
-// lock around every read-modify-write, validation and migration on read, rotating backups, restore from
-// the newest valid backup, and coalescing of writes so a busy gateway does not wear out its flash.
+// The one JSON store every job shares. lowdb holds the document; the file is replaced atomically through a
+// temp file created exclusively (safe-file.ts, not lowdb's file adapter, which writes through a link planted
+// at its fixed temp name). This module adds what lowdb leaves out for many processes: an inter-process lock
+// around every read-modify-write, validation and migration on read, rotating backups, restore from the
+// newest valid backup, and coalescing of writes so a busy gateway does not wear out its flash.
 import { createHash } from 'node:crypto'
 import { copyFile, mkdir, readdir, readFile, stat, unlink } from 'node:fs/promises'
 import path from 'node:path'
-import { Low } from 'lowdb'
-import { DataFile } from 'lowdb/node'
+import { Low, type Adapter } from 'lowdb'
 import lockfile from 'proper-lockfile'
+import { replaceFile } from './safe-file.ts'
 import { emptyData, parseData, SchemaError, type Data } from './schema.ts'
 
 export interface StoreOptions {
@@ -53,13 +54,28 @@ const LOCK_OPTIONS = {
   retries: { retries: 400, factor: 1.3, minTimeout: 2, maxTimeout: 50, randomize: true },
 }
 
+/** lowdb's file adapter, reading as it does and writing through replaceFile. */
+function storeFile(file: string): Adapter<Data | null> {
+  return {
+    async read() {
+      try {
+        return parseData(await readFile(file, 'utf8'))
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
+        throw err
+      }
+    },
+    write: (data) => replaceFile(file, `${JSON.stringify(data, null, 1)}\n`),
+  }
+}
+
 export function openStore(opts: StoreOptions): Store {
   const file = path.join(opts.dataDir, 'dualgate.json')
   const backupDir = path.join(opts.dataDir, 'backups')
   const backupCount = opts.backupCount ?? 5
   const backupInterval = opts.backupInterval ?? 3600
   const onError = opts.onError ?? ((m: string) => console.error(m))
-  const db = new Low<Data | null>(new DataFile<Data | null>(file, { parse: parseData, stringify: (d) => `${JSON.stringify(d, null, 1)}\n` }), null)
+  const db = new Low<Data | null>(storeFile(file), null)
   let queue: Pending[] = []
   let flushing: Promise<void> | undefined
 
@@ -125,7 +141,7 @@ export function openStore(opts: StoreOptions): Store {
   async function flush(): Promise<void> {
     const batch = queue
     queue = []
-    await mkdir(opts.dataDir, { recursive: true })
+    await mkdir(opts.dataDir, { recursive: true, mode: 0o700 })
     let release: (() => Promise<void>) | undefined
     try {
       release = await lockfile.lock(file, { ...LOCK_OPTIONS, onCompromised: (err) => onError(`store lock lost: ${err.message}`) })

@@ -1,11 +1,12 @@
-// Checks of the host itself: clock, Node, tools, disk, the store.
+// Checks of the host itself: clock, Node, tools, disk, the store and its directory.
 import { existsSync } from 'node:fs'
-import { access, constants, readFile, rename, statfs } from 'node:fs/promises'
+import { access, chmod, chown, constants, readFile, rename, stat, statfs } from 'node:fs/promises'
 import path from 'node:path'
 import { findInPath } from '../core/paths.ts'
+import { ownershipProblem, trustedOwners } from '../core/safe-file.ts'
 import { openStore } from '../core/store.ts'
 import { sha256 } from '../core/system-files.ts'
-import type { CheckFn, DiagEnv } from './env.ts'
+import type { CheckFn, DiagEnv, Probe } from './env.ts'
 import { checkClock, checkDisk, checkNode, fail, pass, warn } from './report.ts'
 
 export const clock: CheckFn = async () => ({ check: checkClock(Date.now()) })
@@ -44,9 +45,30 @@ export const disk: CheckFn = async (env) => {
   return { check: checkDisk(dir, s.bavail * s.bsize, s.blocks * s.bsize) }
 }
 
+/**
+ * The data directory holds the store, the spool and the logs that root acts on: anyone else who can write
+ * there could plant a link or an event. Undefined when it is fine (or not there yet: it is created 0700).
+ */
+async function dataDirProbe(dir: string): Promise<Probe | undefined> {
+  const st = await stat(dir).catch(() => undefined)
+  const problem = st && ownershipProblem(st, trustedOwners())
+  if (!st || !problem) return undefined
+  const [uid, gid] = [process.geteuid?.() ?? 0, process.getegid?.() ?? 0]
+  const chownFirst = !trustedOwners().includes(st.uid)
+  return {
+    check: fail('store', `data directory ${dir} is ${problem}`, `${chownFirst ? `chown ${uid}:${gid} ${dir}; ` : ''}chmod 700 ${dir}`),
+    async apply() {
+      if (chownFirst) await chown(dir, uid, gid)
+      await chmod(dir, 0o700)
+    },
+  }
+}
+
 export const store: CheckFn = async (env) => {
-  const view = await env.store()
   const { config } = env.ctx
+  const dirProbe = await dataDirProbe(config.dataDir)
+  if (dirProbe) return dirProbe
+  const view = await env.store()
   if (view.error) {
     const aside = `${view.file}.corrupt-${sha256(await readFile(view.file).catch(() => Buffer.alloc(0))).slice(0, 8)}`
     const newest = view.backups[0]

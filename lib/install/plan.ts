@@ -38,8 +38,15 @@ export interface PlanInput {
   dnsmasqService: string
 }
 
-/** /etc/config/dualgate for a new OpenWrt install; the admin's own file is never replaced. */
-export const DEFAULT_UCI = `# dualgate (see \`gateway-diagnose\` and \`node ${INSTALL_DIR}/dist/jobs/config.js\`).
+const CONFIG_HEAD = `# dualgate (see \`gateway-diagnose\` and \`node ${INSTALL_DIR}/dist/jobs/config.js\`).`
+
+/**
+ * /etc/config/dualgate for a new install, per platform; the admin's own file is never replaced. dnsmasq_leases
+ * is where that platform's dnsmasq keeps its leases: /tmp/dhcp.leases on OpenWrt (the built-in default),
+ * /var/lib/misc/dnsmasq.leases on Debian, where /tmp is anyone's to plant a lease file in.
+ */
+export const DEFAULT_CONFIG: Record<Platform, string> = {
+  openwrt: `${CONFIG_HEAD}
 # Check wan_if and lan_if against /etc/config/network: the WAN port (not the logical interface) and the LAN
 # bridge. Options are the config keys in snake case (wan_if, lan_addr, relay_ports, ...).
 config dualgate 'main'
@@ -48,7 +55,18 @@ config dualgate 'main'
 	option lan_addr '192.168.1.1/24'
 	option data_dir '/etc/dualgate'
 	option dnsmasq_leases '/tmp/dhcp.leases'
-`
+`,
+  debian: `${CONFIG_HEAD}
+# Set wan_if and lan_if to this host's WAN port and LAN interface (\`ip link\`). Options are the config keys in
+# snake case (wan_if, lan_addr, relay_ports, ...).
+config dualgate 'main'
+	option wan_if 'eth0'
+	option lan_if 'eth1'
+	option lan_addr '192.168.1.1/24'
+	option data_dir '/var/lib/dualgate'
+	option dnsmasq_leases '/var/lib/misc/dnsmasq.leases'
+`,
+}
 
 export function installPlan(input: PlanInput): Step[] {
   const steps: Step[] = input.files.map((f) => ({ kind: 'copy', from: f, to: `${INSTALL_DIR}/${f}` }))
@@ -56,7 +74,7 @@ export function installPlan(input: PlanInput): Step[] {
   if (input.platform === 'openwrt') {
     steps.push(
       { kind: 'copy', from: 'hooks/dualgate.init', to: '/etc/init.d/dualgate' },
-      { kind: 'write', to: '/etc/config/dualgate', content: DEFAULT_UCI, mode: 0o600, ifAbsent: true },
+      { kind: 'write', to: '/etc/config/dualgate', content: DEFAULT_CONFIG.openwrt, mode: 0o600, ifAbsent: true },
       { kind: 'copy', from: 'hooks/openwrt/hotplug-dhcp', to: '/etc/hotplug.d/dhcp/50-dualgate' },
       { kind: 'copy', from: 'hooks/openwrt/hotplug-neigh', to: '/etc/hotplug.d/neigh/50-dualgate' },
       { kind: 'copy', from: 'hooks/openwrt/hotplug-iface', to: '/etc/hotplug.d/iface/50-dualgate' },
@@ -70,6 +88,7 @@ export function installPlan(input: PlanInput): Step[] {
   } else {
     steps.push(
       { kind: 'copy', from: 'hooks/dualgate.service', to: '/etc/systemd/system/dualgate.service' },
+      { kind: 'write', to: '/etc/config/dualgate', content: DEFAULT_CONFIG.debian, mode: 0o600, ifAbsent: true },
       { kind: 'write', to: '/etc/dnsmasq.d/dualgate.conf', content: dnsmasqDropIn(`${INSTALL_DIR}/hooks`), mode: 0o644 },
       // Devices' IPv4 is routed: on after a reboot too (acquire-leases turns it on at run time; OpenWrt has it on).
       { kind: 'write', to: '/etc/sysctl.d/90-dualgate.conf', content: '# dualgate: kernel settings the gateway needs (removed by uninstall).\nnet.ipv4.ip_forward = 1\n', mode: 0o644 },

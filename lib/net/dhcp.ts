@@ -4,10 +4,11 @@
 // parsed here, strictly, because they carry what the upstream server sent.
 import { findInPath } from '../core/paths.ts'
 import { existsSync, readFileSync } from 'node:fs'
-import { readFile, readdir, rm } from 'node:fs/promises'
+import { readdir, rm } from 'node:fs/promises'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Sh } from '../core/exec.ts'
+import { readOwnedFile, trustedOwners } from '../core/safe-file.ts'
 import { isIpv4, maskToPrefix } from '../addr/ipv4.ts'
 import { HOOKS_DIR } from '../core/paths.ts'
 
@@ -61,14 +62,25 @@ export function leaseFile(runDir: string, ifname: string, family: 4 | 6): string
   return path.join(runDir, `${ifname}.v${family}`)
 }
 
-export async function readLease4(runDir: string, ifname: string): Promise<Lease4 | string | undefined> {
-  const text = await readFile(leaseFile(runDir, ifname, 4), 'utf8').catch(() => undefined)
-  return text === undefined ? undefined : parseLease4(text)
+/** A record is a handful of short lines. */
+const MAX_RECORD = 16 * 1024
+
+/**
+ * A record our client scripts wrote (as root) into runDir, parsed; a file that is not a plain file of ours is
+ * refused, with the reason, like a malformed record. Undefined: none yet (or unreadable).
+ */
+async function readLease<T>(file: string, parse: (text: string) => T | string): Promise<T | string | undefined> {
+  const read = await readOwnedFile(file, { owners: trustedOwners(), maxBytes: MAX_RECORD }).catch(() => undefined)
+  if (!read || 'missing' in read) return undefined
+  return 'refused' in read ? `${file} refused: ${read.refused}` : parse(read.text)
 }
 
-export async function readLease6(runDir: string, ifname: string): Promise<Lease6 | string | undefined> {
-  const text = await readFile(leaseFile(runDir, ifname, 6), 'utf8').catch(() => undefined)
-  return text === undefined ? undefined : parseLease6(text)
+export function readLease4(runDir: string, ifname: string): Promise<Lease4 | string | undefined> {
+  return readLease(leaseFile(runDir, ifname, 4), parseLease4)
+}
+
+export function readLease6(runDir: string, ifname: string): Promise<Lease6 | string | undefined> {
+  return readLease(leaseFile(runDir, ifname, 6), parseLease6)
 }
 
 export type ClientKind = 'udhcpc' | 'dhclient6' | 'odhcp6c'

@@ -1,8 +1,8 @@
 // LAN devices as the router sees them: the kernel's neighbour table and dnsmasq's lease file.
 // Everything here comes from devices we don't control, so each entry is validated and the reason for
 // dropping it is kept for the log.
-import { readFile } from 'node:fs/promises'
 import type { Sh } from '../core/exec.ts'
+import { readOwnedFile, trustedOwners, userId } from '../core/safe-file.ts'
 import { cleanHostname } from '../addr/hostname.ts'
 import { isHostIn, isIpv4, type Subnet4 } from '../addr/ipv4.ts'
 import { isDeviceMac, normalizeMac } from '../addr/mac.ts'
@@ -63,7 +63,7 @@ export function parseLeases(view: LanView, text: string, now = Date.now() / 1000
     const [expiry, mac, ip, name] = fields
     if (!isIpv4(ip)) continue // DHCPv6 lines
     const expires = Number(expiry)
-    if (!Number.isInteger(expires)) { rejected.push({ input: line, why: 'malformed expiry' }); continue }
+    if (!Number.isInteger(expires)) { rejected.push({ input: `lease ${line.slice(0, 80)}`, why: 'malformed expiry' }); continue }
     if (expires !== 0 && expires < now) continue
     const ok = checkSighting(view, mac, ip)
     if (typeof ok === 'string') rejected.push({ input: `lease ${line.slice(0, 80)}`, why: ok })
@@ -72,11 +72,17 @@ export function parseLeases(view: LanView, text: string, now = Date.now() / 1000
   return { seen, rejected }
 }
 
+/** 1000 devices of about 100 bytes a line, many times over. */
+const MAX_LEASE_FILE = 4 << 20
+
+/**
+ * dnsmasq's lease file, read only when it is dnsmasq's: a regular file owned by root or by the `dnsmasq` user
+ * and writable by nobody else (the default path is in /tmp). A refused file is one rejected entry saying
+ * why, and nothing is seen from it.
+ */
 export async function readLeases(view: LanView, file: string): Promise<{ seen: Sighting[]; rejected: Rejected[] }> {
-  try {
-    return parseLeases(view, await readFile(file, 'utf8'))
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { seen: [], rejected: [] }
-    throw err
-  }
+  const dnsmasq = await userId('dnsmasq')
+  const read = await readOwnedFile(file, { owners: trustedOwners(dnsmasq === undefined ? [] : [dnsmasq]), maxBytes: MAX_LEASE_FILE })
+  if ('refused' in read) return { seen: [], rejected: [{ input: `lease file ${file}`, why: `refused: ${read.refused}` }] }
+  return 'missing' in read ? { seen: [], rejected: [] } : parseLeases(view, read.text)
 }

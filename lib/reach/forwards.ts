@@ -1,8 +1,10 @@
-// Port forwards as people ask for them (CLI and API): validated against the LAN and the other forwards
-// before anything is written, so a refused request changes nothing.
+// Port forwards as people ask for them (CLI and API): validated against the LAN, the other forwards and the
+// router's own ports before anything is written, so a refused request changes nothing.
 import { randomBytes } from 'node:crypto'
 import type { Config } from '../core/config.ts'
 import { isHostIn, parseCidr4 } from '../addr/ipv4.ts'
+import { formatIpv6, parseIpv6 } from '../addr/ipv6.ts'
+import { listeningSockets, type ListeningSocket } from '../net/sockets.ts'
 import type { Data, Forward } from '../core/schema.ts'
 import type { Store } from '../core/store.ts'
 
@@ -28,8 +30,31 @@ function port(value: unknown, name: string): number {
 
 const families = (f: Forward['family']) => (f === 'both' ? ['4', '6'] : [f])
 
-/** A new forward, or a ForwardError saying why not. Does not change `data`. */
-export function checkForward(data: Data, config: Config, req: ForwardRequest, now = new Date()): Forward {
+const canonical = (address: string) => { const b = parseIpv6(address); return b ? formatIpv6(b) : address }
+const WILDCARD = ['0.0.0.0', '::']
+
+/**
+ * Why `proto/port` belongs to the router itself, or undefined. The API's port is refused even while the runner
+ * is down; otherwise every serving socket counts except the relay's own (a forward there would not shadow a
+ * service of the router): those on a device's WAN address, and those on one of the router's addresses at the
+ * port of an IPv6 forward, which the relay listens on for it.
+ */
+export function routerPortProblem(data: Data, config: Pick<Config, 'apiPort'>, proto: ListeningSocket['proto'], port: number, listening: ListeningSocket[]): string | undefined {
+  const taken = "forwards cannot take the router's own ports"
+  if (proto === 'tcp' && port === config.apiPort) return `gateway port tcp/${port} is the dualgate API's port (apiPort); ${taken}`
+  const deviceAddresses = new Set(Object.values(data.devices).flatMap((d) => [...(d.wanIpv4 ? [d.wanIpv4] : []), ...d.wanIpv6.map(canonical)]))
+  const relayed = data.forwards.some((f) => f.proto === proto && f.gatewayPort === port && f.family !== '4')
+  const relays = (s: ListeningSocket) => deviceAddresses.has(s.address) || (relayed && !WILDCARD.includes(s.address))
+  const held = listening.find((s) => s.proto === proto && s.port === port && !relays(s))
+  if (held) return `gateway port ${proto}/${port} is in use on this router (a ${proto === 'tcp' ? 'listening' : 'bound'} socket on ${held.address}); ${taken}`
+  return undefined
+}
+
+/**
+ * A new forward, or a ForwardError saying why not. `listening`: the router's serving sockets (net/sockets.ts).
+ * Does not change `data`.
+ */
+export function checkForward(data: Data, config: Config, req: ForwardRequest, listening: ListeningSocket[], now = new Date()): Forward {
   const gatewayPort = port(req.gatewayPort, 'gateway port')
   const devicePort = port(req.devicePort, 'device port')
   const proto = req.proto ?? 'tcp'
@@ -41,6 +66,8 @@ export function checkForward(data: Data, config: Config, req: ForwardRequest, no
   if (!Object.values(data.devices).some((d) => d.lanIpv4 === deviceIp && d.status !== 'gone')) throw new ForwardError(`no known device has the address ${deviceIp}`)
   const clash = data.forwards.find((f) => f.gatewayPort === gatewayPort && f.proto === proto && families(f.family).some((x) => families(family as Forward['family']).includes(x)))
   if (clash) throw new ForwardError(`gateway port ${proto}/${gatewayPort} is already forwarded to ${clash.deviceIp}:${clash.devicePort} (forward ${clash.id})`, 409)
+  const own = routerPortProblem(data, config, proto, gatewayPort, listening)
+  if (own) throw new ForwardError(own, 409)
   return { id: randomBytes(4).toString('hex'), gatewayPort, deviceIp, devicePort, proto, family: family as Forward['family'], createdAt: now.toISOString() }
 }
 
@@ -51,11 +78,12 @@ export function findForward(data: Data, key: { id?: string; gatewayPort?: unknow
 }
 
 /** Checks and adds forwards in one store write: all of them, or (ForwardError) none. */
-export function addForwards(store: Store, config: Config, requests: ForwardRequest[]): Promise<Forward[]> {
+export async function addForwards(store: Store, config: Config, requests: ForwardRequest[]): Promise<Forward[]> {
+  const listening = [...await listeningSockets('tcp'), ...await listeningSockets('udp')]
   return store.update((data) => {
     const added: Forward[] = []
     for (const req of requests) {
-      const f = checkForward({ ...data, forwards: [...data.forwards, ...added] }, config, req)
+      const f = checkForward({ ...data, forwards: [...data.forwards, ...added] }, config, req, listening)
       added.push(f)
     }
     data.forwards.push(...added)
