@@ -20,7 +20,10 @@ const job = defineJob({
     const { config, log, sh, store } = ctx
     await requireInterfaces(sh, config)
     const view = lanView(config)
-    const present = new Set([...(await readNeighbours(sh, view, config.lanIf)).seen, ...(await readLeases(view, config.dnsmasqLeases)).seen].map((s) => s.mac))
+    const leases = await readLeases(view, config.dnsmasqLeases)
+    // A lease file that is not what it claims to be is refused as a whole: said here too, as scan-arp says it.
+    for (const r of leases.rejected.filter((x) => x.input.startsWith('lease file '))) log.warn(`ignored ${r.input}: ${r.why}`)
+    const present = new Set([...(await readNeighbours(sh, view, config.lanIf)).seen, ...leases.seen].map((s) => s.mac))
     const now = Date.now()
     const data = await store.read()
     const stale = Object.values(data.devices).filter((d) => d.status !== 'gone' && !present.has(d.mac) && now - Date.parse(d.lastSeen) > config.staleAfter * 1000)

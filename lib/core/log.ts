@@ -39,10 +39,10 @@ export function createLogger(opts: LogOptions): Logger {
 }
 
 function limitRate(log: Logger, perMinute: number): void {
-  let minute = 0
-  let lines = 0
-  let held = 0
   for (const reporter of log.options.reporters) {
+    let minute = 0
+    let lines = 0
+    let held = 0
     const write = reporter.log.bind(reporter)
     reporter.log = (entry, ctx) => {
       const now = Math.floor(entry.date.getTime() / 60_000)

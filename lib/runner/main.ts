@@ -54,7 +54,7 @@ async function main(): Promise<void> {
   }
   let log = makeLogger(config)
   const { dataDir } = config
-  mkdirSync(dataDir, { recursive: true })
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 })
   const other = liveRunner(dataDir)
   if (other && other !== process.pid) {
     log.error(`another runner (pid ${other}) is using ${dataDir}`)

@@ -1,5 +1,6 @@
 // Log lines for people: parsing the JSON log, filtering by job and device, the readable format.
-import { describe, expect, it } from 'vitest'
+import path from 'node:path'
+import { describe, expect, it, vi } from 'vitest'
 import { formatEntry, lastMatching, localTime, logFiles, matches, parseEntry } from '../../lib/core/log-view.ts'
 
 const line = (o: Record<string, unknown>) => JSON.stringify({ time: '2025-03-04T05:06:07.000Z', level: 'info', msg: 'x', ...o })
@@ -40,5 +41,29 @@ describe('log view', () => {
     const lines = [1, 2, 3, 4, 5].map((i) => line({ tag: i % 2 ? 'odd' : 'even', msg: String(i) }))
     expect(lastMatching(lines, { job: 'odd' }, 2).map((l) => parseEntry(l)!.msg)).toEqual(['3', '5'])
     expect(lastMatching(lines, {}, 0)).toEqual([])
+  })
+})
+
+describe('log rate', () => {
+  it('writes at most LINES_PER_MINUTE lines a minute from one logger, then says how many it held back', async () => {
+    const { createLogger, LINES_PER_MINUTE, logFile } = await import('../../lib/core/log.ts')
+    const { mkdtempSync, readFileSync } = await import('node:fs')
+    const { tmpdir } = await import('node:os')
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'dg-lograte-'))
+    const log = createLogger({ tag: 'flood', dataDir })
+    // Only the file reporter is looked at; the terminal reporter is muted for the test's own output.
+    log.options.reporters.splice(0, 1)
+    vi.useFakeTimers({ now: Date.parse('2026-01-01T00:00:00Z') })
+    try {
+      for (let i = 0; i < LINES_PER_MINUTE + 50; i++) log.warn(`ignored event ${i}`)
+      vi.setSystemTime(Date.parse('2026-01-01T00:01:00Z'))
+      log.info('next minute')
+    } finally {
+      vi.useRealTimers()
+    }
+    const lines = readFileSync(logFile(dataDir), 'utf8').trim().split('\n').map((l) => JSON.parse(l).msg as string)
+    expect(lines).toHaveLength(LINES_PER_MINUTE + 2)
+    expect(lines.at(-2)).toBe(`50 log lines held back in the last minute (more than ${LINES_PER_MINUTE} a minute)`)
+    expect(lines.at(-1)).toBe('next minute')
   })
 })
