@@ -47,17 +47,16 @@ const job = defineJob({
     const env: IdentityEnv = { sh, config, log }
     const wan = wanEvent(payload, config.wanIf)
     const before = await store.read()
-    // An event is a claim: anyone who can hand one over could say the WAN went down and hold every device.
-    // The interface itself decides; the event only says when to look.
-    let wanUp = before.upstream.wanUp
-    if (wan) {
-      const link = await getLink(sh, config.wanIf)
-      wanUp = !!link?.up && link.carrier && link.addresses.some((a) => a.family === 4 || a.scope === 'global')
-      if ((wan === 'up') !== wanUp) log.warn(`an event says the WAN is ${wan}, but ${config.wanIf} is ${wanUp ? 'up with an address' : 'down or without an address'}: going by the interface`)
-    }
-    if (wan && wanUp !== before.upstream.wanUp) {
+    // The WAN link decides whether devices are held, looked at on every run: a run that a DHCP client's event
+    // starts a moment after the cable is pulled must not re-acquire every device into failure. An iface event
+    // is a claim (anyone who can hand one over could say the WAN went down); it only says when to look.
+    await requireInterfaces(sh, config)
+    const link = await getLink(sh, config.wanIf)
+    const wanUp = !!link?.up && link.carrier
+    if (wan && (wan === 'up') !== wanUp) log.warn(`an event says the WAN is ${wan}, but ${config.wanIf} is ${wanUp ? 'up' : 'down or without a carrier'}: going by the interface`)
+    if (wanUp !== before.upstream.wanUp) {
       await store.update((d) => { d.upstream.wanUp = wanUp })
-      log.info(`WAN ${config.wanIf} is ${wan}`)
+      log.info(`WAN ${config.wanIf} is ${wanUp ? 'up' : 'down'}`)
     }
     const result: AcquireResult = { wanUp, attempted: 0, active: [], failed: [], refreshed: 0, reacquired: [] }
     if (!wanUp) {
@@ -65,7 +64,6 @@ const job = defineJob({
       return result
     }
 
-    await requireInterfaces(sh, config)
     await ensureForwarding(env)
     if (!ctx.dryRun) await mkdir(config.runDir, { recursive: true })
     await setSysctls(sh, wanSysctls(config.wanIf))

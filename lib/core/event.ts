@@ -10,8 +10,8 @@ export const hookEventSchema = z.object({
   job: z.string().regex(JOB_NAME, 'not a job name').optional(),
   source: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'expected 1-64 of A-Z a-z 0-9 _ . -'),
   event: z.string().regex(/^[A-Za-z0-9_.:-]{1,64}$/, 'expected 1-64 of A-Z a-z 0-9 _ . : -'),
-  args: z.array(z.string().max(4096)).max(64).default([]),
-  env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, 'not an environment variable name'), z.string().max(4096))
+  args: z.array(z.string().max(1024)).max(64).default([]),
+  env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, 'not an environment variable name'), z.string().max(1024))
     .refine((env) => Object.keys(env).length <= 256, 'more than 256 variables')
     .default({}),
   /** When it happened (ISO); the runner fills it in when the sender did not. */
@@ -21,8 +21,11 @@ export type HookEvent = z.output<typeof hookEventSchema>
 
 export class EventError extends Error {}
 
-/** An event is a few arguments and variables (a lease, an interface): anything larger is not one of ours. */
-export const MAX_EVENT_BYTES = 8 * 1024
+/**
+ * An event is a few arguments and variables (a lease, an interface; DHCP options are at most 255 bytes):
+ * anything larger is not one of ours. Up to 1,024 of them wait per job (lib/runner/queue.ts).
+ */
+export const MAX_EVENT_BYTES = 4 * 1024
 
 export function parseEvent(input: unknown): HookEvent {
   if (JSON.stringify(input ?? null).length > MAX_EVENT_BYTES) throw new EventError(`invalid event: larger than ${MAX_EVENT_BYTES} bytes`)

@@ -22,7 +22,7 @@ export const deviceSchema = z.object({
   reacquire: z.boolean().optional(),
   wanIpv4: z.string().optional(),
   wanIpv4Expires: isoTime.optional(),
-  wanIpv6: z.array(z.string()).default([]),
+  wanIpv6: z.array(z.string()).default(() => []),
   reason: z.string().optional(),
   attempts: z.number().int().min(0).default(0),
   nextRetry: isoTime.optional(),
@@ -58,18 +58,18 @@ export const upstreamSchema = z.object({
   dhcpv4: z.boolean().optional(),
   ra: z.boolean().optional(),
   dhcpv6: z.boolean().optional(),
-  prefixes: z.array(z.string()).default([]),
+  prefixes: z.array(z.string()).default(() => []),
   /** The NAT64 prefix the upstream's DNS64 reported (RFC 7050), on an IPv6-only upstream. */
   pref64: z.string().optional(),
 })
 
 export const dataSchema = z.object({
   version: z.literal(STORE_VERSION),
-  devices: z.record(z.string(), deviceSchema).default({}),
-  forwards: z.array(forwardSchema).default([]),
-  runs: z.array(runSchema).default([]),
-  jobs: z.record(z.string(), z.object({ runs: z.number(), failures: z.number(), last: runSchema.optional() })).default({}),
-  upstream: upstreamSchema.default({ wanUp: true, prefixes: [] }),
+  devices: z.record(z.string(), deviceSchema).default(() => ({})),
+  forwards: z.array(forwardSchema).default(() => []),
+  runs: z.array(runSchema).default(() => []),
+  jobs: z.record(z.string(), z.object({ runs: z.number(), failures: z.number(), last: runSchema.optional() })).default(() => ({})),
+  upstream: upstreamSchema.default(() => ({ wanUp: true, prefixes: [] })),
   meta: z.object({ createdAt: isoTime, writes: z.number().int().min(0) }),
 })
 export type Data = z.infer<typeof dataSchema>

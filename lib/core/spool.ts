@@ -14,6 +14,8 @@ import { MAX_EVENT_BYTES, parseEvent, type HookEvent } from './event.ts'
 
 /** Files read in one pass over the spool; the rest wait for the next pass (the caller asks again). */
 export const SPOOL_BATCH = 256
+/** Refused files kept for a person to look at; past this they are deleted (a flood must not fill the disk). */
+const BAD_KEPT = 16
 
 export function spoolDir(dataDir: string): string {
   return path.join(dataDir, 'spool')
@@ -37,9 +39,10 @@ export interface SpoolEntry { file: string; event: HookEvent }
  * Reads up to SPOOL_BATCH spool files not in `skip`, oldest first; `more` says whether others wait. Only
  * regular files of our own user and at most MAX_EVENT_BYTES are read (the directory is ours alone, 0700,
  * but a file that is not an event is never trusted): anything else, or a file that is not a valid event, is
- * renamed to `<name>.bad` (kept for a person to look at) and reported through `onBad`.
+ * reported through `onBad` and renamed to `<name>.bad` for a person to look at (the first BAD_KEPT; later
+ * ones are deleted).
  */
-export async function readSpool(dir: string, skip: Set<string>, onBad: (file: string, why: string) => void): Promise<{ entries: SpoolEntry[]; more: boolean }> {
+export async function readSpool(dir: string, skip: Set<string>, onBad: (file: string, why: string, kept: boolean) => void): Promise<{ entries: SpoolEntry[]; more: boolean }> {
   let names: string[]
   try {
     names = await readdir(dir)
@@ -57,6 +60,7 @@ export async function readSpool(dir: string, skip: Set<string>, onBad: (file: st
     } catch { /* taken by another drain */ }
   }
   found.sort((a, b) => a.mtime - b.mtime || a.file.localeCompare(b.file))
+  let bad = names.filter((n) => n.endsWith('.bad')).length
   const entries: SpoolEntry[] = []
   for (const { file, mtime, why } of found.slice(0, SPOOL_BATCH)) {
     try {
@@ -66,8 +70,10 @@ export async function readSpool(dir: string, skip: Set<string>, onBad: (file: st
       entries.push({ file, event })
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue
-      onBad(file, (err as Error).message)
-      await rename(file, `${file}.bad`).catch(() => unlink(file).catch(() => {}))
+      const keep = bad++ < BAD_KEPT
+      onBad(file, (err as Error).message, keep)
+      if (keep) await rename(file, `${file}.bad`).catch(() => unlink(file).catch(() => {}))
+      else await unlink(file).catch(() => {})
     }
   }
   return { entries, more: found.length > SPOOL_BATCH }

@@ -188,7 +188,8 @@ export function openStore(opts: StoreOptions): Store {
       // The file is replaced by rename on every write: a new inode (or size, or time) is a new version.
       const st = await stat(file).catch((err: NodeJS.ErrnoException) => { if (err.code === 'ENOENT') return undefined; throw err })
       const version = st ? `${st.ino}:${st.size}:${st.mtimeMs}` : 'none'
-      if (shared?.version !== version) shared = { version, data: deepFreeze(await this.read()) }
+      // A copy is frozen: the parse may share objects (defaults) that other readers change.
+      if (shared?.version !== version) shared = { version, data: deepFreeze(structuredClone(await this.read())) }
       return shared.data
     },
     async read() {

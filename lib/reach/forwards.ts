@@ -95,7 +95,7 @@ export async function addForwards(store: Store, config: Config, requests: Forwar
 export function removeForward(store: Store, key: Parameters<typeof findForward>[1]): Promise<Forward> {
   return store.update((data) => {
     const f = findForward(data, key)
-    if (!f) throw new ForwardError(`no forward ${key.id !== undefined ? JSON.stringify(key.id) : `${key.gatewayPort} ${key.deviceIp} ${key.devicePort}`}`, 404)
+    if (!f) throw new ForwardError(`no forward ${key.id ?? `${key.gatewayPort} ${key.deviceIp} ${key.devicePort}`}`, 404)
     data.forwards = data.forwards.filter((x) => x !== f)
     return f
   })

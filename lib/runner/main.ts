@@ -194,7 +194,7 @@ async function main(): Promise<void> {
     try {
       do {
         again = false
-        const { entries, more } = await readSpool(spool, new Set(claims.keys()), (file, why) => log.error(`spool file ${file} is not a valid event (${why}); kept as ${file}.bad`))
+        const { entries, more } = await readSpool(spool, new Set(claims.keys()), (file, why, kept) => log.error(`spool file ${file} is not a valid event (${why}); ${kept ? `kept as ${file}.bad` : 'deleted'}`))
         if (stopping) return
         for (const e of entries) submit(e.event, e.file)
         if (more) again = true

@@ -211,7 +211,7 @@ describe.skipIf(!root)(`lab in dual mode, 3 devices, dev2 unregistered${why}`, (
     const t0 = Date.now()
     const crowd = await lab.addCrowd(200)
     const ms = Date.now() - t0
-    expect(ms).toBeLessThan(30_000)
+    expect(ms).toBeLessThan(60_000)
     expect(crowd.macs).toHaveLength(200)
     expect(new Set(crowd.macs).size).toBe(200)
     const leases = readFileSync(lab.router.leasesFile, 'utf8')

@@ -109,7 +109,7 @@ describe('exclusive jobs', () => {
       holder.stdout.on('data', (d: Buffer) => { if (d.toString().includes('held')) resolve() })
       holder.on('close', () => reject(new Error('the lock holder exited first')))
     })
-    // Interfaces that do not exist: acquire-leases finds the WAN down and changes nothing on this machine.
+    // Interfaces that do not exist: acquire-leases refuses to run and changes nothing on this machine.
     const diag = spawn(process.execPath, ['--import=tsx', DIAGNOSE, '--fix', 'dhcp-clients'], {
       env: { PATH: process.env.PATH, DUALGATE_DATA_DIR: path.join(dir, 'data'), DUALGATE_RUN_DIR: path.join(dir, 'run'), DUALGATE_UCI_FILE: path.join(dir, 'no-uci'), DUALGATE_WAN_IF: 'dgnowan0', DUALGATE_LAN_IF: 'dgnolan0' },
       stdio: ['ignore', 'pipe', 'pipe'],
