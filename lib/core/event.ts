@@ -23,7 +23,7 @@ export class EventError extends Error {}
 
 /**
  * An event is a few arguments and variables (a lease, an interface; DHCP options are at most 255 bytes):
- * anything larger is not one of ours. Up to 1,024 of them wait per job (lib/runner/queue.ts).
+ * anything larger is not one of ours. Up to 512 of them wait per job (lib/runner/queue.ts).
  */
 export const MAX_EVENT_BYTES = 4 * 1024
 

@@ -13,7 +13,7 @@ import path from 'node:path'
 import { MAX_EVENT_BYTES, parseEvent, type HookEvent } from './event.ts'
 
 /** Files read in one pass over the spool; the rest wait for the next pass (the caller asks again). */
-export const SPOOL_BATCH = 256
+export const SPOOL_BATCH = 128
 /** Refused files kept for a person to look at; past this they are deleted (a flood must not fill the disk). */
 const BAD_KEPT = 16
 

@@ -28,7 +28,7 @@ export interface JobQueue {
  * system and the store, not from its events), so past this the oldest are dropped, and an event identical
  * to one already waiting is dropped at once: a flood cannot grow the runner's memory.
  */
-export const MAX_PENDING = 1024
+export const MAX_PENDING = 512
 
 /** What makes two events the same (not their time), hashed once per event so comparing stays cheap. */
 function keyOf(item: Item): string {
