@@ -71,6 +71,10 @@ const spec = {
   dnsmasqLeases: [z.string(), '/tmp/dhcp.leases'],
   relayPorts: [ports, [80, 23]],
   relayUdpPorts: [ports, []],
+  /** Relayed TCP connections and UDP sessions at once, each (every connection takes two descriptors). */
+  relayMaxConnections: [int(1, 65_536), 1024],
+  /** Of those, what one client may hold: an IPv6 client is its /64. A sixteenth of the default total. */
+  relayMaxPerSource: [int(1, 65_536), 64],
   dnatPorts: [z.string().regex(/^(all|\d+(-\d+)?(,\d+(-\d+)?)*)$/, 'expected "all" or ports such as 80,443,8000-8100'), 'all'],
   /** NAT64 through tayga, run by the runner: every port and protocol of a device at <nat64Prefix>::<its LAN IPv4>. */
   nat64: [bool, false],

@@ -43,8 +43,13 @@ export const api: CheckFn = async (env) => {
   return { check: fail('api', `${url} does not answer (${why})`, cmd.join(' ')), apply: () => startRunner(env, 'restart') }
 }
 
-/** Below this open-file limit the relay runs out of descriptors long before its connection limit. */
-const MIN_FILES = 4096
+/**
+ * The open files the relay needs at its limits: two per TCP connection, one per UDP session, and room for
+ * its listeners, the API and the jobs.
+ */
+export function relayFilesNeeded(maxConnections: number): number {
+  return 3 * maxConnections + 1024
+}
 
 async function relayState(env: DiagEnv, data: Data): Promise<{ check: Check; retry: boolean }> {
   const r = await apiGet(env.ctx.config, '/relay')
@@ -54,8 +59,9 @@ async function relayState(env: DiagEnv, data: Data): Promise<{ check: Check; ret
   const have = body?.rules
   if (r.status !== 200 || !Array.isArray(have)) return { check: warn('relay', `GET /relay: HTTP ${r.status}`), retry: false }
   const limit = body.openFileLimit
-  if (typeof limit === 'number' && limit < MIN_FILES) {
-    return { check: warn('relay', `the runner may open only ${limit} files: about ${Math.floor(limit / 2)} relayed connections at most`, 'raise it in the service (systemd LimitNOFILE, procd limits nofile): the units dualgate installs set 65536'), retry: false }
+  const needed = relayFilesNeeded(env.ctx.config.relayMaxConnections)
+  if (typeof limit === 'number' && limit < needed) {
+    return { check: warn('relay', `the runner may open only ${limit} files, and relayMaxConnections=${env.ctx.config.relayMaxConnections} needs ${needed}`, 'raise it in the service (systemd LimitNOFILE, procd limits nofile; the units dualgate installs set 65536), or lower relayMaxConnections'), retry: false }
   }
   const wan6 = globalIpv6(await getLink(env.ctx.sh, env.ctx.config.wanIf))
   const want = relayRules(data, env.ctx.config, wan6)

@@ -13,7 +13,12 @@ export const relaySupervisor = defineSupervisor({
   everyMs: 5000,
   followStore: true,
   setup({ store, config, sh, log }) {
-    const relay = createRelay({ log: (level, msg, fields) => log()[level](`relay: ${msg}`, fields ?? {}) })
+    // Limits are read once: a change takes effect when the runner restarts.
+    const { relayMaxConnections: max, relayMaxPerSource: perSource } = config()
+    const relay = createRelay({
+      maxConnections: max, maxUdpSessions: max, maxConnectionsPerSource: perSource, maxUdpSessionsPerSource: perSource,
+      log: (level, msg, fields) => log()[level](`relay: ${msg}`, fields ?? {}),
+    })
     let failed: ApplyResult['failed'] = []
     let reported = new Set<string>()
     return {

@@ -4,6 +4,8 @@
 // device sees the router as its peer and its replies come back through us.
 import dgram from 'node:dgram'
 import net from 'node:net'
+import { parseIpv6 } from '../addr/ipv6.ts'
+import { closeWaitConnections, connectionKey } from '../net/sockets.ts'
 
 export interface Endpoint {
   host: string
@@ -26,12 +28,20 @@ export interface RelayOptions {
   idleTimeoutMs?: number
   /** Relayed TCP connections across all listeners; a client beyond it is reset at once. Default 1024. */
   maxConnections?: number
+  /** Of those, what one source (an IPv6 /64, or an IPv4 address) may hold. Default fairShare(maxConnections). */
+  maxConnectionsPerSource?: number
+  /** A connection one side has ended is closed after this long without traffic. Default 30 s. */
+  lingerMs?: number
   /** A UDP session (one client address:port) with no traffic either way for this long is closed. Default 60 s. */
   udpIdleMs?: number
   /** UDP sessions across all listeners; datagrams that would open one more are dropped. Default 1024. */
   maxUdpSessions?: number
-  /** Bytes a connection may hold in the relay per direction before the sender is paused. Default 256 KiB. */
+  /** Of those, what one source may hold. Default fairShare(maxUdpSessions). */
+  maxUdpSessionsPerSource?: number
+  /** The largest read buffer of one direction of a connection (each starts at 16 KiB). Default 256 KiB. */
   highWaterMark?: number
+  /** Bytes that read buffers beyond their first 16 KiB may take across the relay. Default 16 MiB. */
+  bufferBudget?: number
   log?: (level: RelayLogLevel, msg: string, fields?: Record<string, unknown>) => void
 }
 
@@ -48,6 +58,27 @@ export interface RelayStats {
   udpSessions: number
   /** Payload bytes received from either side, TCP and UDP, since the relay was created. */
   bytes: number
+  /** Read-buffer bytes beyond the first 16 KiB of each, across the relay (at most bufferBudget). */
+  bufferBytes: number
+  /** Connections reset and new UDP sessions dropped, by the limit that refused them. */
+  refused: Record<Refusal, number>
+}
+
+type Refusal = 'connections' | 'connectionsPerSource' | 'udpSessions' | 'udpSessionsPerSource'
+
+/** The default share of one source: a sixteenth of the total, at least one. */
+export function fairShare(total: number): number {
+  return Math.max(1, Math.ceil(total / 16))
+}
+
+/**
+ * Who a client is, for its share: an IPv6 client owns its whole /64 (its addresses are free to pick within
+ * it), an IPv4 client its address.
+ */
+export function sourceKey(address: string): string {
+  const bytes = net.isIPv6(address) ? parseIpv6(address) : undefined
+  if (!bytes) return address
+  return `${Buffer.from(bytes.subarray(0, 8)).toString('hex')}/64`
 }
 
 export interface Relay {
@@ -67,6 +98,12 @@ interface Listener {
 interface TcpConn {
   client: net.Socket
   upstream: net.Socket
+  up: Forwarder
+  down: Forwarder
+  /** A side has ended: the connection only lingers. */
+  ended: boolean
+  /** Called when a side is known to have ended, by its 'end' or from the kernel's table. */
+  onEnd(): void
 }
 
 interface UdpSession {
@@ -75,28 +112,53 @@ interface UdpSession {
   /** Datagrams that arrived before the upstream socket was connected; null once it is. */
   queue: Buffer[] | null
   closed: boolean
+  source: string
 }
 
 const UDP_QUEUE_MAX = 64
 const READ_MIN = 16 * 1024
+/** A direction with no read for this long gives its large buffer back. */
+const QUIET_MS = 5000
 
 export function createRelay(opts: RelayOptions = {}): Relay {
   const connectTimeoutMs = opts.connectTimeoutMs ?? 10_000
   const idleTimeoutMs = opts.idleTimeoutMs ?? 3_600_000
   const maxConnections = opts.maxConnections ?? 1024
+  const maxConnectionsPerSource = opts.maxConnectionsPerSource ?? fairShare(maxConnections)
+  const lingerMs = opts.lingerMs ?? 30_000
   const udpIdleMs = opts.udpIdleMs ?? 60_000
   const maxUdpSessions = opts.maxUdpSessions ?? 1024
-  const highWaterMark = opts.highWaterMark ?? 256 * 1024
+  const maxUdpSessionsPerSource = opts.maxUdpSessionsPerSource ?? fairShare(maxUdpSessions)
+  const highWaterMark = Math.max(opts.highWaterMark ?? 256 * 1024, READ_MIN)
+  const budget: BufferBudget = { left: opts.bufferBudget ?? 16 * 1024 * 1024 }
+  const budgetTotal = budget.left
   const log = opts.log ?? (() => {})
 
   const listeners = new Map<string, Listener>()
   const conns = new Set<TcpConn>()
+  const connsBySource = new Map<string, number>()
+  const udpBySource = new Map<string, number>()
   let tcpTotal = 0
   let closedBytes = 0
   let udpSessions = 0
   let closed = false
-  let limitLoggedAt = 0
   let adoptFailedLogged = false
+  let quietSweeper: NodeJS.Timeout | undefined
+  const refused: Record<Refusal, number> = { connections: 0, connectionsPerSource: 0, udpSessions: 0, udpSessionsPerSource: 0 }
+  const refusalLoggedAt = new Map<Refusal, number>()
+  // A flood must not become a flood of log lines: one warning per limit per 10 s at most.
+  const refuse = (why: Refusal, rule: RelayRule, source: string, max: number) => {
+    refused[why]++
+    if (Date.now() - (refusalLoggedAt.get(why) ?? 0) < 10_000) return
+    refusalLoggedAt.set(why, Date.now())
+    const what = why.startsWith('udp') ? 'udp session' : 'connection'
+    log('warn', `relay ${what} limit${why.endsWith('PerSource') ? ' for one source' : ''} reached, refusing`, { rule: ruleKey(rule), source, max, refusedSoFar: refused[why] })
+  }
+  const count = (m: Map<string, number>, key: string, by: number) => {
+    const n = (m.get(key) ?? 0) + by
+    if (n > 0) m.set(key, n)
+    else m.delete(key)
+  }
   // apply() and close() run one at a time, in call order.
   let queue: Promise<unknown> = Promise.resolve()
   const serial = <T>(fn: () => Promise<T>): Promise<T> => {
@@ -129,18 +191,16 @@ export function createRelay(opts: RelayOptions = {}): Relay {
   }
 
   function relayTcp(rule: RelayRule, accepted: net.Socket, own: Set<TcpConn>): void {
-    if (conns.size >= maxConnections) {
-      // A flood must not become a flood of log lines: one warning per 10 s at most.
-      if (Date.now() - limitLoggedAt > 10_000) {
-        limitLoggedAt = Date.now()
-        log('warn', 'relay connection limit reached, refusing', { rule: ruleKey(rule), max: maxConnections })
-      }
+    const source = sourceKey(accepted.remoteAddress ?? '')
+    const full = conns.size >= maxConnections ? 'connections' : (connsBySource.get(source) ?? 0) >= maxConnectionsPerSource ? 'connectionsPerSource' : undefined
+    if (full) {
+      refuse(full, rule, source, full === 'connections' ? maxConnections : maxConnectionsPerSource)
       accepted.on('error', () => {})
       accepted.resetAndDestroy()
       return
     }
-    const up = forwarder(highWaterMark)
-    const down = forwarder(highWaterMark)
+    const up = forwarder(highWaterMark, budget)
+    const down = forwarder(highWaterMark, budget)
     const client = adopt(accepted, up.onread)
     if (!client) {
       // Only a Node whose net.Socket internals changed gets here; the relay tests would fail on it first.
@@ -152,17 +212,23 @@ export function createRelay(opts: RelayOptions = {}): Relay {
     up.join(client, upstream)
     down.join(upstream, client)
     const connectTimer = setTimeout(() => fail('upstream', new Error(`connect timeout after ${connectTimeoutMs} ms`)), connectTimeoutMs)
-    const conn: TcpConn = { client, upstream }
+    const conn: TcpConn = { client, upstream, up, down, ended: false, onEnd: () => {} }
     conns.add(conn)
     own.add(conn)
+    count(connsBySource, source, 1)
     tcpTotal++
+    quietSweeper ??= setInterval(() => void sweepQuiet(), Math.min(QUIET_MS, Math.max(100, lingerMs / 3))).unref()
     let open = 2
     const onClose = () => {
       if (--open > 0) return
       clearTimeout(connectTimer)
       conns.delete(conn)
       own.delete(conn)
+      count(connsBySource, source, -1)
+      up.release()
+      down.release()
       closedBytes += client.bytesRead + upstream.bytesRead
+      if (conns.size === 0 && quietSweeper) { clearInterval(quietSweeper); quietSweeper = undefined }
     }
     client.on('close', onClose)
     upstream.on('close', onClose)
@@ -177,16 +243,48 @@ export function createRelay(opts: RelayOptions = {}): Relay {
     client.on('error', (err) => fail('client', err))
     upstream.on('error', (err) => fail('upstream', err))
 
+    // The client socket counts reads and writes in both directions, so one timer covers the connection. Once
+    // either side has ended, the connection only lingers: a peer that stopped reading must not hold a slot
+    // for the idle timeout.
+    let connected = false
+    client.on('timeout', () => {
+      log('debug', `relay connection ${conn.ended ? 'half-closed' : 'idle'}, closing`, { rule: ruleKey(rule) })
+      client.destroy()
+      upstream.destroy()
+    })
+    conn.onEnd = () => {
+      if (conn.ended) return
+      conn.ended = true
+      if (connected) client.setTimeout(Math.min(lingerMs, idleTimeoutMs))
+    }
+    client.once('end', conn.onEnd)
+    upstream.once('end', conn.onEnd)
     upstream.once('connect', () => {
       clearTimeout(connectTimer)
-      // The client socket counts reads and writes in both directions, so one timer covers the connection.
-      client.setTimeout(idleTimeoutMs, () => {
-        log('debug', 'relay connection idle, closing', { rule: ruleKey(rule) })
-        client.destroy()
-        upstream.destroy()
-      })
+      connected = true
+      client.setTimeout(conn.ended ? Math.min(lingerMs, idleTimeoutMs) : idleTimeoutMs)
       client.resume()
     })
+  }
+
+  let sweeping = false
+  async function sweepQuiet(): Promise<void> {
+    if (sweeping) return
+    sweeping = true
+    try {
+      const before = Date.now() - QUIET_MS
+      for (const c of conns) { c.up.shrinkIfQuiet(before); c.down.shrinkIfQuiet(before) }
+      // A peer that sent its FIN behind data the other side does not take: the FIN waits unread behind that
+      // data, so no 'end' comes, but the kernel's table shows the socket in CLOSE_WAIT.
+      const stalled = [...conns].filter((c) => !c.ended && (c.up.stalled() || c.down.stalled()))
+      if (stalled.length === 0) return
+      const closeWait = await closeWaitConnections()
+      for (const c of stalled) if ([c.client, c.upstream].some((sock) => closeWait.has(keyOf(sock)))) c.onEnd()
+    } catch (err) {
+      log('debug', 'relay cannot read the kernel\'s connection table', { error: err instanceof Error ? err.message : String(err) })
+    } finally {
+      sweeping = false
+    }
   }
 
   function openUdp(rule: RelayRule): Promise<Listener> {
@@ -199,6 +297,7 @@ export function createRelay(opts: RelayOptions = {}): Relay {
       s.closed = true
       sessions.delete(key)
       udpSessions--
+      count(udpBySource, s.source, -1)
       try { s.up.close() } catch { /* already closed by an error */ }
       if (sessions.size === 0 && sweeper) { clearInterval(sweeper); sweeper = undefined }
     }
@@ -207,12 +306,13 @@ export function createRelay(opts: RelayOptions = {}): Relay {
       for (const [key, s] of sessions) if (s.last <= cutoff) endSession(key, s)
     }
 
-    const startSession = (key: string, address: string, port: number): UdpSession => {
+    const startSession = (key: string, source: string, address: string, port: number): UdpSession => {
       const family = net.isIPv6(rule.target.host) ? 'udp6' : 'udp4'
       const up = dgram.createSocket(family)
-      const s: UdpSession = { up, last: Date.now(), queue: [], closed: false }
+      const s: UdpSession = { up, last: Date.now(), queue: [], closed: false, source }
       sessions.set(key, s)
       udpSessions++
+      count(udpBySource, source, 1)
       sweeper ??= setInterval(sweep, Math.max(100, Math.min(udpIdleMs / 2, 5000))).unref()
       up.on('message', (msg) => {
         s.last = Date.now()
@@ -237,11 +337,10 @@ export function createRelay(opts: RelayOptions = {}): Relay {
       const key = `${rinfo.address}|${rinfo.port}`
       let s = sessions.get(key)
       if (!s) {
-        if (udpSessions >= maxUdpSessions) {
-          log('debug', 'relay udp session limit reached, dropping', { rule: ruleKey(rule), max: maxUdpSessions })
-          return
-        }
-        s = startSession(key, rinfo.address, rinfo.port)
+        const source = sourceKey(rinfo.address)
+        if (udpSessions >= maxUdpSessions) return refuse('udpSessions', rule, source, maxUdpSessions)
+        if ((udpBySource.get(source) ?? 0) >= maxUdpSessionsPerSource) return refuse('udpSessionsPerSource', rule, source, maxUdpSessionsPerSource)
+        s = startSession(key, source, rinfo.address, rinfo.port)
       }
       s.last = Date.now()
       closedBytes += msg.length
@@ -313,10 +412,11 @@ export function createRelay(opts: RelayOptions = {}): Relay {
     stats() {
       let bytes = closedBytes
       for (const c of conns) bytes += c.client.bytesRead + c.upstream.bytesRead
-      return { listeners: listeners.size, tcpActive: conns.size, tcpTotal, udpSessions, bytes }
+      return { listeners: listeners.size, tcpActive: conns.size, tcpTotal, udpSessions, bytes, bufferBytes: budgetTotal - budget.left, refused: { ...refused } }
     },
     close: () => serial(async () => {
       closed = true
+      if (quietSweeper) { clearInterval(quietSweeper); quietSweeper = undefined }
       const all = [...listeners.values()]
       listeners.clear()
       await Promise.all(all.map((l) => l.close()))
@@ -330,31 +430,54 @@ interface Forwarder {
   onread: net.OnReadOpts
   /** Starts the direction; the end of `from` ends `to` (half-close, since both allow half-open). */
   join(from: net.Socket, to: net.Socket): void
+  /** Back to the first 16 KiB when nothing was read since `before` and no write holds the buffer. */
+  shrinkIfQuiet(before: number): void
+  /** Gives the buffer's share back to the budget; the direction reads no more. */
+  release(): void
+  /** A write waits for the receiving side to take it. */
+  stalled(): boolean
 }
+
+/** Bytes that read buffers may take beyond their first READ_MIN, shared by every direction of the relay. */
+interface BufferBudget { left: number }
 
 // Reads go into the direction's own buffer, and each chunk is written on from there: no allocation per read
 // and no stream machinery (about a third less CPU per byte than pipe(), see bench/relay.ts). While a write
 // is pending it still references the buffer, so reading pauses until it completes (that is also the
-// backpressure). The buffer grows while reads fill it, up to `max`, and shrinks back when they do not: bulk
-// transfers get big reads, quiet connections hold 16 KiB.
-function forwarder(max: number): Forwarder {
+// backpressure). The buffer grows while reads fill it, up to `max` and as far as the relay's budget allows,
+// and shrinks back when reads are small or stop: bulk transfers get big reads, quiet connections hold 16 KiB,
+// and a thousand stalled ones cannot take more than the budget.
+function forwarder(max: number, budget: BufferBudget): Forwarder {
   let from: net.Socket | undefined
   let to: net.Socket | undefined
   let buf = Buffer.allocUnsafe(READ_MIN)
   let lastRead = 0
+  let lastReadAt = Date.now()
+  let writing = false
+  let released = false
+  const resize = (size: number) => {
+    budget.left += buf.length - size
+    buf = Buffer.allocUnsafe(size)
+  }
   return {
     onread: {
       buffer: () => {
-        if (lastRead === buf.length && buf.length < max) buf = Buffer.allocUnsafe(Math.min(buf.length * 4, max))
-        else if (lastRead <= READ_MIN / 2 && buf.length > READ_MIN) buf = Buffer.allocUnsafe(READ_MIN)
+        const grown = Math.min(buf.length * 4, max)
+        if (lastRead === buf.length && grown > buf.length && budget.left >= grown - buf.length) resize(grown)
+        else if (lastRead <= READ_MIN / 2 && buf.length > READ_MIN) resize(READ_MIN)
         return buf
       },
       callback: (n, chunk) => {
         lastRead = n
+        lastReadAt = Date.now()
         const src = from!
         const dst = to!
         let waiting = false
-        dst.write(chunk.subarray(0, n), () => { if (waiting) src.resume() })
+        writing = true
+        dst.write(chunk.subarray(0, n), () => {
+          writing = false
+          if (waiting) src.resume()
+        })
         if (dst.writableLength === 0) return true
         waiting = true
         return false
@@ -364,6 +487,15 @@ function forwarder(max: number): Forwarder {
       from = src
       to = dst
       src.on('end', () => dst.end())
+    },
+    shrinkIfQuiet(before) {
+      if (!released && !writing && lastReadAt < before && buf.length > READ_MIN) resize(READ_MIN)
+    },
+    stalled: () => writing && !released,
+    release() {
+      if (released) return
+      released = true
+      budget.left += buf.length - READ_MIN
     },
   }
 }
@@ -378,6 +510,10 @@ function adopt(accepted: net.Socket, onread: net.OnReadOpts): net.Socket | undef
   accepted.destroy()
   if (!handle) return undefined
   return new net.Socket({ handle, allowHalfOpen: true, pauseOnCreate: true, onread } as net.SocketConstructorOpts)
+}
+
+function keyOf(sock: net.Socket): string {
+  return connectionKey(sock.localAddress ?? '', sock.localPort ?? 0, sock.remoteAddress ?? '', sock.remotePort ?? 0)
 }
 
 /** UDP is lossy: a datagram that cannot be sent (ENOBUFS, unreachable) is dropped, not an 'error' event. */

@@ -5,6 +5,7 @@ import {
   CHECK_IDS, checkClock, checkDisk, checkForwarding, checkNode, checkWanSysctls, failed, formatReport, macvlanDiff, mapDifferences, relayDiff,
   selectFixes, versionAtLeast,
 } from '../../lib/diagnose/report.ts'
+import { relayFilesNeeded } from '../../lib/diagnose/runner.ts'
 
 describe('selectFixes', () => {
   it('takes repeated options and comma lists, in running order', () => {
@@ -85,6 +86,11 @@ describe('store against the system', () => {
       missing: ['tcp [2001:db8:1::1000]:80 > 198.19.0.5:80'],
       extra: ['tcp [2001:db8:1::1000]:22 > 198.19.0.5:22', 'tcp [2001:db8:1::1000]:80 > 198.19.0.6:80'],
     })
+  })
+
+  it('wants open files for the relay at its limits: two per connection, one per UDP session, and room', () => {
+    expect(relayFilesNeeded(1024)).toBe(4096)
+    expect(relayFilesNeeded(16_384)).toBeGreaterThan(2 * 16_384 + 16_384)
   })
 })
 

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { loadConfig } from '../../lib/core/config.ts'
 import type { Data } from '../../lib/core/schema.ts'
 import { openStore } from '../../lib/core/store.ts'
-import { parseProcNet } from '../../lib/net/sockets.ts'
+import { connectionKey, parseCloseWait, parseProcNet } from '../../lib/net/sockets.ts'
 import { addForwards, ForwardError, routerPortProblem } from '../../lib/reach/forwards.ts'
 import { createRunnerApi } from '../../lib/runner/api.ts'
 
@@ -133,5 +133,14 @@ describe('which sockets are the router\'s own', () => {
     const udp4 = `${head}  10: 00000000:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 6 2 0
   11: 0100007F:D431 0100007F:0035 01 00000000:00000000 00:00000000 00000000     0        0 7 2 0\n`
     expect(parseProcNet(udp4, 'udp', 'LE')).toEqual([{ proto: 'udp', address: '0.0.0.0', port: 53 }])
+  })
+
+  it('finds the TCP connections whose peer has ended (CLOSE_WAIT), keyed as the relay names its sockets', () => {
+    const head = '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n'
+    const tcp6 = `${head}   0: B80D0120000000000000000001000000:1B5C B80D0120000000000000000010000000:9C40 08 00000000:00004001 00:00000000 00000000     0        0 4 1 0 100 0 0 10 0
+   1: B80D0120000000000000000001000000:1B5C B80D0120000000000000000011000000:9C41 01 00000000:00000000 00:00000000 00000000     0        0 5 1 0 100 0 0 10 0
+   2: garbage line\n`
+    expect(parseCloseWait(tcp6, 'LE')).toEqual([connectionKey('2001:DB8:0::1', 7004, '2001:db8::10', 40_000)])
+    expect(connectionKey('2001:DB8:0::1', 7004, '2001:db8::10', 40_000)).toBe('[2001:db8::1]:7004 [2001:db8::10]:40000')
   })
 })

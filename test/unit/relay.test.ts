@@ -89,7 +89,7 @@ describe.skipIf(process.getuid?.() !== 0)('relay in a namespace lab (needs root 
       ;[router, device, client] = await Promise.all([lab.agent('router', AGENT), lab.agent('device', AGENT), lab.agent('client', AGENT)])
       await device.call('device.start', { host: DEV })
       first = await router.call<ApplyResult>('relay.start', {
-        opts: { connectTimeoutMs: 1000, idleTimeoutMs: 30_000, maxConnections: MAX_CONN, udpIdleMs: 800 },
+        opts: { connectTimeoutMs: 1000, idleTimeoutMs: 30_000, maxConnections: MAX_CONN, maxConnectionsPerSource: MAX_CONN, udpIdleMs: 800 },
         rules: RULES,
       })
     } catch (err) {
