@@ -4,6 +4,8 @@ import { existsSync, readFileSync } from 'node:fs'
 import path from 'node:path'
 import { validate as validCron } from 'node-cron'
 import { z } from 'zod'
+import { isIpv4 } from '../addr/ipv4.ts'
+import { parseIpv6 } from '../addr/ipv6.ts'
 import { nat64PoolError, nat64PrefixError, prefix96Error } from '../addr/nat64.ts'
 import { parseUci, UciSyntaxError } from './uci.ts'
 
@@ -18,6 +20,23 @@ const cron = z.string().refine((v) => v === '' || validCron(v), 'not a cron expr
 const ports = z.union([z.array(z.coerce.number()), z.string()])
   .transform((v) => (Array.isArray(v) ? v : v.split(/[\s,]+/).filter(Boolean).map(Number)))
   .pipe(z.array(z.number().int('expected whole port numbers').min(1).max(65535)))
+const list = (item: z.ZodType<string, string>) => z.union([z.array(z.string()), z.string()])
+  .transform((v) => (Array.isArray(v) ? v : v.split(/[\s,]+/).filter(Boolean)))
+  .pipe(z.array(item))
+const ipv6 = z.string().refine((v) => parseIpv6(v) !== undefined, 'not an IPv6 address')
+const ipv4OrEmpty = z.string().refine((v) => v === '' || isIpv4(v), 'not an IPv4 address')
+const cidr6OrEmpty = z.string().refine((v) => {
+  if (v === '') return true
+  const [a, len, extra] = v.split('/')
+  return extra === undefined && parseIpv6(a) !== undefined && /^\d{1,3}$/.test(len ?? '') && Number(len) <= 128
+}, 'expected an IPv6 prefix such as 2001:db8:1::/48')
+const cidr = z.string().refine((v) => {
+  const [a, len, extra] = v.split('/')
+  if (extra !== undefined || !/^\d{1,3}$/.test(len ?? '')) return false
+  return isIpv4(a) ? Number(len) <= 32 : parseIpv6(a) !== undefined && Number(len) <= 128
+}, 'expected an address with its prefix length, such as 2001:db8::2/64 or 10.0.0.2/32')
+const wgKey = z.string().regex(/^$|^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$/, 'not a WireGuard key (44 characters of base64)')
+const endpoint = z.string().regex(/^$|^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253}):\d{1,5}$/, 'expected host:port or [IPv6]:port')
 const checked = (why: (v: string) => string | undefined) => z.string().superRefine((v, ctx) => {
   const message = why(v)
   if (message) ctx.addIssue({ code: 'custom', message })
@@ -104,6 +123,37 @@ const spec = {
   dnsmasqService: [z.string(), '/etc/init.d/dnsmasq'],
   /** Command run with `start` or `restart` for the runner; empty: /etc/init.d/dualgate (OpenWrt), systemctl (Debian). */
   runnerService: [z.string(), ''],
+  /** Seconds between health checks of each tunnel (lib/tunnels/health.ts); each check pings every probe target. */
+  tunnelProbeInterval: [int(1, 3600), 10],
+  /** Echo requests to each target per check, and how long to wait for the last reply (s). */
+  tunnelProbeCount: [int(1, 20), 3],
+  tunnelProbeTimeout: [int(1, 30), 2],
+  /** Failed checks (net of good ones, as mwan3 counts) that take a tunnel down, and good checks that bring it up. */
+  tunnelDown: [int(1, 100), 3],
+  tunnelUp: [int(1, 100), 3],
+  /** A check fails at this loss (%) or mean round trip (ms), and is good at or below the recovery values. */
+  tunnelFailureLoss: [int(1, 100), 50],
+  tunnelRecoveryLoss: [int(0, 100), 10],
+  tunnelFailureLatency: [int(1, 60_000), 1000],
+  tunnelRecoveryLatency: [int(1, 60_000), 500],
+  /** Checks kept for a tunnel's loss, latency and score. */
+  tunnelWindow: [int(1, 360), 6],
+  /** The primary is replaced when its score falls below this, by a tunnel scoring at least tunnelHealthyScore. */
+  tunnelFailoverScore: [int(0, 100), 30],
+  tunnelHealthyScore: [int(0, 100), 50],
+  /** Seconds a preferred tunnel must stay healthy before traffic fails back to it. */
+  tunnelHoldTime: [int(0, 86_400), 60],
+  /** Hurricane Electric's update URL (jobs/he-update.ts); the lab points it at a fake broker. */
+  heUpdateUrl: [z.string().url('expected a URL'), 'https://ipv4.tunnelbroker.net/nic/update'],
+  /** A SOCKS5 server (RFC 1928/1929) for applications on this host: names resolved preferring AAAA, so through the tunnel. */
+  socks5: [bool, false],
+  socks5Host: [z.string().regex(/^[0-9A-Fa-f:.]+$|^localhost$/, 'expected an IP address'), '127.0.0.1'],
+  socks5Port: [int(1, 65535), 1080],
+  /** DNS servers the SOCKS5 server asks (IP addresses); empty: the system's resolver. */
+  socks5Dns: [list(z.string().regex(/^[0-9A-Fa-f:.]+$/, 'expected an IP address')), []],
+  socks5MaxConnections: [int(1, 65_536), 256],
+  /** Metric of the default IPv6 route through the primary tunnel: below an RA's 1024, so the tunnel wins. */
+  tunnelRouteMetric: [int(1, 65_535), 512],
 } as const
 
 type Spec = typeof spec
@@ -128,12 +178,92 @@ export interface SectionSpec {
   json: string
   /** Each option's schema; an option without a default must be given. */
   options: Record<string, { schema: z.ZodType; default?: unknown }>
+  /** Rules across options (what one type of section needs): the problem, or undefined. */
+  check?(section: Section): string | undefined
 }
 
 export interface Section { name: string; [option: string]: unknown }
 
-/** The section types dualgate knows. Empty until the tunnel and forwarder capabilities declare theirs. */
-export const SECTIONS: SectionSpec[] = []
+export const TUNNEL_TYPES = ['6in4', 'wireguard', 'external'] as const
+export type TunnelType = (typeof TUNNEL_TYPES)[number]
+
+/**
+ * Public anycast resolvers that answer ICMPv6 echo (Google, Cloudflare, Quad9). Real routers only: tests and
+ * the lab always give their own targets.
+ */
+export const DEFAULT_PROBES = ['2001:4860:4860::8888', '2606:4700:4700::1111', '2620:fe::fe']
+
+const opt = (schema: z.ZodType, fallback?: unknown) => ({ schema, default: fallback })
+
+/** The options each tunnel type uses beyond the common ones (type, iface, enabled, priority, probe). */
+const TUNNEL_OPTIONS: Record<TunnelType, string[]> = {
+  '6in4': ['remote', 'local', 'address', 'prefix', 'mtu', 'ttl', 'heTunnelId', 'heUsername', 'heKeyFile'],
+  wireguard: ['wgConfig', 'privateKeyFile', 'peerPublicKey', 'presharedKeyFile', 'endpoint', 'allowedIps', 'persistentKeepalive', 'listenPort', 'address', 'prefix', 'mtu', 'backend'],
+  external: ['prefix'],
+}
+
+/** `config tunnel 'he'` / `"tunnels": [{ "name": "he", ... }]`: an IPv6 tunnel kept up and watched (lib/tunnels). */
+const tunnelSection: SectionSpec = {
+  uci: 'tunnel',
+  json: 'tunnels',
+  options: {
+    type: opt(z.enum(TUNNEL_TYPES, `expected ${TUNNEL_TYPES.join(', ')}`)),
+    iface: opt(ifname),
+    enabled: opt(bool, true),
+    /** 0 is preferred; traffic fails back to the lowest number that is healthy. */
+    priority: opt(int(0, 100), 0),
+    probe: opt(list(ipv6).refine((v) => v.length > 0, 'at least one probe target'), DEFAULT_PROBES),
+    // 6in4
+    remote: opt(ipv4OrEmpty, ''),
+    /** The IPv4 tunnel packets leave from: "auto" follows the WAN address. */
+    local: opt(z.string().refine((v) => v === 'auto' || isIpv4(v), 'expected "auto" or an IPv4 address'), 'auto'),
+    /** This end's addresses on the tunnel (IPv6 for 6in4; IPv4 and IPv6 for WireGuard). */
+    address: opt(list(cidr), []),
+    /** A routed prefix the tunnel brings: traffic from it always leaves through this tunnel. */
+    prefix: opt(cidr6OrEmpty, ''),
+    /** 0: the type's default (6in4 1480, WireGuard 1420). */
+    mtu: opt(z.coerce.number().int('expected a whole number').refine((v) => v === 0 || (v >= 1280 && v <= 9000), 'expected 0 (the type\'s default) or 1280-9000'), 0),
+    ttl: opt(int(1, 255), 64),
+    /** Hurricane Electric's tunnel id, account name, and a file holding the tunnel's update key (jobs/he-update.ts). */
+    heTunnelId: opt(z.string().regex(/^$|^[A-Za-z0-9._-]{1,64}$/, 'expected the tunnel id from tunnelbroker.net'), ''),
+    heUsername: opt(z.string().regex(/^$|^[A-Za-z0-9._@+-]{1,64}$/, 'expected the tunnelbroker.net user name'), ''),
+    heKeyFile: opt(z.string(), ''),
+    // WireGuard
+    /** A wg-quick style file ([Interface] and [Peer] sections); instead of the key and peer options below. */
+    wgConfig: opt(z.string(), ''),
+    privateKeyFile: opt(z.string(), ''),
+    peerPublicKey: opt(wgKey, ''),
+    presharedKeyFile: opt(z.string(), ''),
+    endpoint: opt(endpoint, ''),
+    allowedIps: opt(list(cidr), ['::/0']),
+    persistentKeepalive: opt(int(0, 65_535), 25),
+    listenPort: opt(int(0, 65_535), 0),
+    /** kernel, wireguard-go, or auto: the kernel's module when it has one. */
+    backend: opt(z.enum(['auto', 'kernel', 'wireguard-go']), 'auto'),
+  },
+  check(t) {
+    const type = t.type as TunnelType
+    const given = Object.keys(tunnelSection.options).filter((k) => !['type', 'iface', 'enabled', 'priority', 'probe'].includes(k) && JSON.stringify(t[k]) !== JSON.stringify(tunnelSection.options[k].default))
+    const foreign = given.filter((k) => !TUNNEL_OPTIONS[type].includes(k))
+    if (foreign.length > 0) return `option${foreign.length > 1 ? 's' : ''} ${foreign.join(', ')} do${foreign.length > 1 ? '' : 'es'} not apply to a ${type} tunnel`
+    const addresses = t.address as string[]
+    if (type === '6in4') {
+      if (!t.remote) return 'a 6in4 tunnel needs remote (the broker\'s IPv4)'
+      if (addresses.some((a) => !a.includes(':'))) return 'a 6in4 tunnel carries IPv6 only: address must be IPv6'
+      if (addresses.length === 0) return 'a 6in4 tunnel needs address (this end\'s IPv6 with its length, from the broker)'
+      const he = [t.heTunnelId, t.heUsername, t.heKeyFile].filter(Boolean).length
+      if (he !== 0 && he !== 3) return 'the Hurricane Electric updater needs he_tunnel_id, he_username and he_key_file together'
+    }
+    if (type === 'wireguard') {
+      if (t.wgConfig && (t.privateKeyFile || t.peerPublicKey || t.endpoint)) return 'give either wg_config or private_key_file, peer_public_key and endpoint, not both'
+      if (!t.wgConfig && !(t.privateKeyFile && t.peerPublicKey && t.endpoint)) return 'a wireguard tunnel needs wg_config, or private_key_file, peer_public_key and endpoint'
+    }
+    return undefined
+  },
+}
+
+/** The section types dualgate knows. */
+export const SECTIONS: SectionSpec[] = [tunnelSection]
 
 const SECTION_NAME = /^[A-Za-z0-9_]{1,32}$/
 
@@ -143,6 +273,7 @@ const DEFAULT_SCHEDULES: Record<string, string> = {
   'prune-stale': '*/5 * * * *',
   'refresh-proxies': '*/5 * * * *',
   diagnose: '17 * * * *',
+  'he-update': '*/15 * * * *',
 }
 
 export interface Loaded {
@@ -240,6 +371,8 @@ function parseSection(sec: SectionSpec, name: string, raw: Record<string, unknow
     if (value === undefined) throw new ConfigError(`config: ${where} from ${source}: option "${option}" is required`)
     out[option] = parseValue(`${where}.${option}`, schema, value, source)
   }
+  const problem = sec.check?.(out)
+  if (problem) throw new ConfigError(`config: ${where} from ${source}: ${problem}`)
   return out
 }
 

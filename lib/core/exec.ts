@@ -53,6 +53,8 @@ export function run(cmd: string, args: string[], opts: ExecOptions = {}): Promis
       if (code !== 0 && !opts.nothrow) reject(new ExecError([cmd, ...args], result))
       else resolve(result)
     })
+    // A command that exits without reading its input (it failed) must not take this process down with EPIPE.
+    child.stdin?.on('error', () => {})
     if (opts.input !== undefined) child.stdin?.end(opts.input)
   })
 }

@@ -36,9 +36,10 @@ function kind(st: Stats): string {
 /**
  * `file`'s text, `missing`, or `refused` with the reason (the content is never part of it). `owners` are the
  * uids that may own it (trustedOwners()); a file with more than one link is refused too, since a hard link
- * planted beside it could name a file of root's that we would then read and log.
+ * planted beside it could name a file of root's that we would then read and log. A `secret` (a key) must
+ * not be readable by others either.
  */
-export async function readOwnedFile(file: string, opts: { owners: number[]; maxBytes: number }): Promise<FileRead> {
+export async function readOwnedFile(file: string, opts: { owners: number[]; maxBytes: number; secret?: boolean }): Promise<FileRead> {
   let handle
   try {
     handle = await open(file, READ_FLAGS)
@@ -51,7 +52,9 @@ export async function readOwnedFile(file: string, opts: { owners: number[]; maxB
   try {
     const st = await handle.stat()
     if (!st.isFile()) return { refused: `${kind(st)}, not a regular file` }
-    const problem = ownershipProblem(st, opts.owners) ?? (st.nlink !== 1 ? `${st.nlink} hard links to it` : undefined)
+    const problem = ownershipProblem(st, opts.owners)
+      ?? (opts.secret && st.mode & 0o004 ? `readable by others (mode ${(st.mode & 0o777).toString(8)}); chmod 600 it` : undefined)
+      ?? (st.nlink !== 1 ? `${st.nlink} hard links to it` : undefined)
     if (problem) return { refused: problem }
     const chunks: Buffer[] = []
     let total = 0

@@ -63,6 +63,38 @@ export const upstreamSchema = z.object({
   pref64: z.string().optional(),
 })
 
+/** A tunnel dualgate keeps (lib/tunnels): what it made or adopted, and a person's `tunnels down`. */
+export const tunnelRecordSchema = z.object({
+  type: z.enum(['6in4', 'wireguard', 'external']),
+  iface: z.string(),
+  /** Its own routing table (lib/tunnels/routes.ts). */
+  table: z.number().int().min(1).max(252_000),
+  /** We created (or adopted) the interface and remove it when the tunnel leaves the config; never for external. */
+  owned: z.boolean(),
+  /** A 6in4 tunnel's broker: its pinned host route goes with the tunnel. */
+  remote: z.string().optional(),
+  /** wireguard-go's pid when the tunnel runs in user space. */
+  pid: z.number().int().optional(),
+  /** Set by `tunnels down NAME`: kept down, and never primary, until `tunnels up NAME`. */
+  adminDown: z.boolean().default(false),
+  since: isoTime,
+})
+export type TunnelRecord = z.infer<typeof tunnelRecordSchema>
+
+/** The Hurricane Electric updater's memory per tunnel (jobs/he-update.ts). */
+export const heUpdateSchema = z.object({
+  /** The address the broker last accepted (answered good or nochg). */
+  address: z.string().optional(),
+  /** The last answer, and when. */
+  answer: z.string().optional(),
+  at: isoTime.optional(),
+  /** After a fatal answer: no more updates until the tunnel's HE settings change from these. */
+  stopped: z.object({ answer: z.string(), settings: z.string() }).optional(),
+  /** After `abuse`: nothing sent before this. */
+  backoffUntil: isoTime.optional(),
+})
+export type HeUpdate = z.infer<typeof heUpdateSchema>
+
 export const dataSchema = z.object({
   version: z.literal(STORE_VERSION),
   devices: z.record(z.string(), deviceSchema).default(() => ({})),
@@ -70,6 +102,8 @@ export const dataSchema = z.object({
   runs: z.array(runSchema).default(() => []),
   jobs: z.record(z.string(), z.object({ runs: z.number(), failures: z.number(), last: runSchema.optional() })).default(() => ({})),
   upstream: upstreamSchema.default(() => ({ wanUp: true, prefixes: [] })),
+  tunnels: z.record(z.string(), tunnelRecordSchema).default(() => ({})),
+  heUpdates: z.record(z.string(), heUpdateSchema).default(() => ({})),
   meta: z.object({ createdAt: isoTime, writes: z.number().int().min(0) }),
 })
 export type Data = z.infer<typeof dataSchema>

@@ -41,6 +41,11 @@ export async function listLinks(sh: Sh): Promise<LinkInfo[]> {
   return parseLinks(stdout)
 }
 
+/** The first global IPv4 address on a link: on the WAN, what a 6in4 tunnel leaves from and HE is told. */
+export function globalIpv4(link: LinkInfo | undefined): string | undefined {
+  return link?.addresses.find((a) => a.family === 4 && a.scope === 'global')?.address
+}
+
 /** The global IPv6 addresses on a link: on the WAN, the router's own (IPv6 forwards listen there). */
 export function globalIpv6(link: LinkInfo | undefined): string[] {
   return (link?.addresses ?? []).filter((a) => a.family === 6 && a.scope === 'global').map((a) => a.address)

@@ -21,7 +21,7 @@ export interface DeviceRoutes {
   wanIpv6?: { addresses: string[]; dhcpAddress?: string; prefixes: string[]; gateway?: string }
 }
 
-interface RuleJson { priority: number; src?: string; srclen?: number; dst?: string; iif?: string; table?: string }
+export interface RuleJson { priority: number; src?: string; srclen?: number; dst?: string; iif?: string; oif?: string; table?: string }
 
 export async function listRules(sh: Sh, family: 4 | 6): Promise<RuleJson[]> {
   const { stdout } = await sh.query('ip', [`-${family}`, '-j', 'rule', 'show'])

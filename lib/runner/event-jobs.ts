@@ -30,12 +30,14 @@ export const EVENT_RULES: EventRule[] = [
   { sources: ['dnsmasq'], events: ['add', 'old', 'del', 'update', 'arp-add', 'arp-del'], jobs: ['scan-arp'] },
   // OpenWrt /etc/hotplug.d/iface, ifupdown hooks: the WAN came, went or changed address.
   { sources: ['iface'], events: ['ifup', 'ifdown', 'ifupdate'], when: isWan, jobs: ['acquire-leases'] },
+  // With tunnels, a 6in4 tunnel's local address follows the WAN's, and Hurricane Electric hears of it.
+  { sources: ['iface'], events: ['ifup', 'ifupdate'], when: (e, c) => isWan(e, c) && (c.sections.tunnels?.length ?? 0) > 0, jobs: ['tunnels', 'he-update'] },
   // The DHCP clients of the per-device macvlans report bound, renew, expiry and loss.
   { sources: ['udhcpc', 'udhcpc6', 'dhclient', 'dhclient6', 'odhcpc', 'odhcp6c', 'dhcp'], jobs: ['acquire-leases'] },
 ]
 
 /** The jobs an event may name: idempotent reconcilers that read what to do from the system and the store. */
-export const EVENT_JOBS = ['scan-arp', 'acquire-leases', 'prune-stale', 'refresh-proxies']
+export const EVENT_JOBS = ['scan-arp', 'acquire-leases', 'prune-stale', 'refresh-proxies', 'tunnels', 'he-update']
 
 export function jobsFor(e: HookEvent, config: Config, rules: EventRule[] = EVENT_RULES): string[] {
   if (e.job) return EVENT_JOBS.includes(e.job) ? [e.job] : []

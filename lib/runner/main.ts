@@ -22,6 +22,7 @@ import { startSupervisor } from '../core/supervisor.ts'
 import { clatSupervisor } from '../clat/supervisor.ts'
 import { nat64Supervisor } from '../nat64/supervisor.ts'
 import { relaySupervisor } from '../reach/relay-supervisor.ts'
+import { tunnelSupervisor } from '../tunnels/supervisor.ts'
 import { createRunnerApi } from './api.ts'
 import { addBounded, createQueue, MAX_PENDING, type Batch, type Item } from './queue.ts'
 import { recordRun } from './record.ts'
@@ -41,7 +42,7 @@ function makeLogger(config: Config): Logger {
 }
 
 /** What the runner keeps running beside the jobs, each on the supervisor helper (lib/core/supervisor.ts). */
-const SUPERVISORS = [relaySupervisor, nat64Supervisor, clatSupervisor]
+const SUPERVISORS = [relaySupervisor, nat64Supervisor, clatSupervisor, tunnelSupervisor]
 
 async function main(): Promise<void> {
   let config: Config
@@ -286,6 +287,7 @@ async function main(): Promise<void> {
   watcher = watchSpool(spool, () => void drain())
   await drain()
   if (jobFile('refresh-proxies')) request('refresh-proxies', { items: [], triggers: ['start'] })
+  if (config.sections.tunnels?.length && jobFile('tunnels')) request('tunnels', { items: [], triggers: ['start'] })
   log.info(`runner ${packageVersion()} up (pid ${process.pid}): API on http://${config.apiHost.includes(':') ? `[${config.apiHost}]` : config.apiHost}:${config.apiPort}, ${jobs.size} jobs, data in ${dataDir}`)
 }
 

@@ -65,6 +65,8 @@ export function startRunner(lab: Lab, env: Record<string, string> = {}): LabRunn
       DUALGATE_SCHEDULE_PRUNE_STALE: '',
       DUALGATE_SCHEDULE_REFRESH_PROXIES: '',
       DUALGATE_SCHEDULE_DIAGNOSE: '',
+      DUALGATE_SCHEDULE_TUNNELS: '',
+      DUALGATE_SCHEDULE_HE_UPDATE: '',
       ...env,
     }),
     stdio: ['ignore', 'pipe', 'pipe'],

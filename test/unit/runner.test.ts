@@ -179,6 +179,9 @@ describe('routing and payloads', () => {
     expect(jobsFor(ev({ source: 'dhclient6', event: 'BOUND6', args: ['dg001122334455'] }), config)).toEqual(['acquire-leases'])
     expect(jobsFor(ev({ source: 'udhcpc', event: 'bound', env: { interface: 'dg001122334455' } }), config)).toEqual(['acquire-leases'])
     expect(jobsFor(ev({ source: 'firewall', event: 'reload', job: 'refresh-proxies' }), config)).toEqual(['refresh-proxies'])
+    const withTunnels = { ...config, sections: { tunnels: [{ name: 'he', type: '6in4' }] } }
+    expect(jobsFor(ev({ source: 'iface', event: 'ifupdate', env: { INTERFACE: 'wan', DEVICE: 'eth0' } }), withTunnels)).toEqual(['acquire-leases', 'tunnels', 'he-update'])
+    expect(jobsFor(ev({ source: 'iface', event: 'ifdown', env: { INTERFACE: 'wan', DEVICE: 'eth0' } }), withTunnels)).toEqual(['acquire-leases'])
     // An event never starts a job that is not a reconciler, whatever it names.
     for (const job of ['diagnose', 'install', 'port-forward', 'config']) expect(jobsFor(ev({ source: 'dnsmasq', event: 'add', job }), config)).toEqual([])
   })

@@ -1,0 +1,275 @@
+// Makes the system's tunnels what config says (jobs/tunnels.ts): creates what is missing, adopts a link of
+// the configured name that is already right, changes what differs, removes what dualgate made and config
+// no longer has. An external tunnel's link is watched and routed, never created or removed. Every change
+// goes through `sh.apply`, so a dry run prints the plan; a run that finds everything right changes nothing.
+import { mkdir } from 'node:fs/promises'
+import path from 'node:path'
+import type { Config } from '../core/config.ts'
+import type { Sh } from '../core/exec.ts'
+import type { Logger } from '../core/log.ts'
+import { readOwnedFile, trustedOwners } from '../core/safe-file.ts'
+import type { TunnelRecord } from '../core/schema.ts'
+import type { Store } from '../core/store.ts'
+import { deleteLink, getLink, globalIpv4, setLinkUp } from '../net/ip.ts'
+import {
+  addAddresses,
+  addSit,
+  applyTunnelRouting,
+  changeSit,
+  FIRST_TUNNEL_TABLE,
+  getTunnelLink,
+  LAST_TUNNEL_TABLE,
+  pinHostRoute4,
+  removeTunnelDefault,
+  removeTunnelRouting,
+  setLinkDown,
+  setMtu,
+  tunnelDefaultRoute,
+  unpinHostRoute4,
+  type TunnelLink,
+} from '../net/tunnel.ts'
+import { addKernelWg, kernelHasWireguard, startWireguardGo, wgPublicKey, wgState, wgSyncconf, type WgState } from '../net/wireguard.ts'
+import { configuredTunnels, parseWgQuick, WgConfigError, tunnelsProblem, wgSetconfText, type SitTunnel, type Tunnel, type WgSettings, type WgTunnel } from './config.ts'
+
+export interface TunnelsEnv {
+  sh: Sh
+  config: Config
+  store: Store
+  log: Logger
+}
+
+export type TunnelAction = 'created' | 'adopted' | 'changed' | 'unchanged' | 'down' | 'missing' | 'removed' | 'failed'
+
+export interface TunnelOutcome {
+  name: string
+  iface: string
+  type: Tunnel['type']
+  action: TunnelAction
+  backend?: 'kernel' | 'wireguard-go'
+  detail?: string
+}
+
+export class TunnelConfigError extends Error {}
+
+const SECRET_MAX_BYTES = 16 * 1024
+const WG_GO_WAIT_MS = 5000
+
+/** A file of keys: root's, a regular file, readable by nobody else (lib/core/safe-file.ts). */
+async function readSecretFile(file: string, what: string): Promise<string> {
+  const read = await readOwnedFile(file, { owners: trustedOwners(), maxBytes: SECRET_MAX_BYTES, secret: true })
+  if ('missing' in read) throw new TunnelConfigError(`${what} ${file} does not exist`)
+  if ('refused' in read) throw new TunnelConfigError(`${what} ${file} refused: ${read.refused}`)
+  return read.text
+}
+
+/** WireGuard keys and peers, and the addresses and MTU, from the section or its wg-quick file. */
+async function wgSettings(t: WgTunnel): Promise<{ settings: WgSettings; address: string[]; mtu: number; ignored: string[] }> {
+  if ('wgConfig' in t.source) {
+    const file = parseWgQuick(await readSecretFile(t.source.wgConfig, 'wg_config'))
+    return { settings: file.settings, address: t.address.length > 0 ? t.address : file.address, mtu: file.mtu ?? t.mtu, ignored: file.ignored }
+  }
+  const s = t.source
+  const privateKey = (await readSecretFile(s.privateKeyFile, 'private_key_file')).trim()
+  const presharedKey = s.presharedKeyFile ? (await readSecretFile(s.presharedKeyFile, 'preshared_key_file')).trim() : undefined
+  return { settings: { privateKey, listenPort: s.listenPort, peers: [{ ...s.peer, presharedKey }] }, address: t.address, mtu: t.mtu, ignored: [] }
+}
+
+const sortedSet = (v: string[]) => [...new Set(v)].sort().join(',')
+
+/** Whether the link's WireGuard state is what the settings say (endpoints by name cannot be compared: wg resolved them). */
+export function wgMatches(state: WgState | undefined, want: WgSettings): boolean {
+  if (!state) return false
+  if (state.publicKey !== wgPublicKey(want.privateKey)) return false
+  if (want.listenPort && state.listenPort !== want.listenPort) return false
+  if (state.peers.length !== want.peers.length) return false
+  return want.peers.every((p) => {
+    const have = state.peers.find((x) => x.publicKey === p.publicKey)
+    if (!have) return false
+    const literal = p.endpoint && /^(\[[0-9a-fA-F:.]+\]|[\d.]+):\d+$/.test(p.endpoint)
+    return (
+      have.presharedKey === p.presharedKey &&
+      (!literal || have.endpoint === p.endpoint) &&
+      sortedSet(have.allowedIps) === sortedSet(p.allowedIps) &&
+      have.persistentKeepalive === p.persistentKeepalive
+    )
+  })
+}
+
+export function freeTunnelTable(records: Record<string, TunnelRecord>): number {
+  const used = new Set(Object.values(records).map((r) => r.table))
+  for (let t = FIRST_TUNNEL_TABLE; t <= LAST_TUNNEL_TABLE; t++) if (!used.has(t)) return t
+  throw new TunnelConfigError(`more than ${LAST_TUNNEL_TABLE - FIRST_TUNNEL_TABLE + 1} tunnels`)
+}
+
+interface Built {
+  action: TunnelAction
+  backend?: 'kernel' | 'wireguard-go'
+  pid?: number
+  detail?: string
+  /** The addresses the routing rules follow. */
+  addresses: string[]
+}
+
+async function ensureSit(env: TunnelsEnv, t: SitTunnel, link: TunnelLink | undefined, wan: string | undefined): Promise<Built> {
+  const local = t.local === 'auto' ? wan : t.local
+  if (!local) throw new TunnelConfigError(`local is auto and ${env.config.wanIf} has no IPv4 address`)
+  const want = { ifname: t.iface, local, remote: t.remote, ttl: t.ttl }
+  let action: TunnelAction = 'unchanged'
+  if (!link) {
+    await addSit(env.sh, want)
+    action = 'created'
+  } else if (link.kind !== 'sit') {
+    throw new TunnelConfigError(`interface ${t.iface} exists and is ${link.kind ?? 'not a tunnel'}, not sit: not touching it`)
+  } else if (link.local !== want.local || link.remote !== want.remote || link.ttl !== want.ttl) {
+    await changeSit(env.sh, want)
+    action = 'changed'
+  }
+  if (!link || link.mtu !== t.mtu) {
+    await setMtu(env.sh, t.iface, t.mtu)
+    if (action === 'unchanged') action = 'changed'
+  }
+  if (await pinHostRoute4(env.sh, t.remote, tunnelIfaces(env.config)) && action === 'unchanged') action = 'changed'
+  return { action, addresses: t.address }
+}
+
+async function ensureWg(env: TunnelsEnv, t: WgTunnel, link: TunnelLink | undefined, record: TunnelRecord | undefined): Promise<Built> {
+  const want = await wgSettings(t)
+  if (want.ignored.length > 0) env.log.debug(`tunnel ${t.name}: ${t.source && 'wgConfig' in t.source ? t.source.wgConfig : ''}: not acting on ${want.ignored.join(', ')}`)
+  let action: TunnelAction = 'unchanged'
+  let backend: Built['backend']
+  let pid = record?.pid
+  if (!link) {
+    const kernel = t.backend !== 'wireguard-go' && (await kernelHasWireguard(env.sh))
+    if (kernel && (await addKernelWg(env.sh, t.iface))) backend = 'kernel'
+    else if (t.backend === 'kernel') throw new TunnelConfigError('backend is kernel, and this kernel has no WireGuard')
+    else {
+      if (!env.sh.dryRun) await mkdir(env.config.runDir, { recursive: true })
+      pid = await startWireguardGo(env.sh, t.iface, path.join(env.config.runDir, `wireguard-go-${t.name}.log`))
+      if (!env.sh.dryRun && !(await waitForWireguardGo(env.sh, t.iface))) throw new TunnelConfigError(`wireguard-go (pid ${pid}) did not bring up ${t.iface}; see ${env.config.runDir}/wireguard-go-${t.name}.log`)
+      backend = 'wireguard-go'
+    }
+    action = 'created'
+  } else if (link.kind === 'wireguard') backend = 'kernel'
+  else if (link.kind === 'tun') backend = 'wireguard-go'
+  else throw new TunnelConfigError(`interface ${t.iface} exists and is ${link.kind ?? 'not a tunnel'}, not WireGuard: not touching it`)
+  if (env.sh.dryRun && action === 'created') {
+    await wgSyncconf(env.sh, t.iface, wgSetconfText(want.settings), path.join(env.config.runDir, 'wireguard'))
+  } else if (!wgMatches(await wgState(env.sh, t.iface), want.settings)) {
+    await wgSyncconf(env.sh, t.iface, wgSetconfText(want.settings), path.join(env.config.runDir, 'wireguard'))
+    if (action === 'unchanged') action = 'changed'
+  }
+  if (!link || link.mtu !== want.mtu) {
+    await setMtu(env.sh, t.iface, want.mtu)
+    if (action === 'unchanged') action = 'changed'
+  }
+  return { action, backend, pid: backend === 'wireguard-go' ? pid : undefined, addresses: want.address }
+}
+
+/** wireguard-go creates the TUN first and its control socket (what `wg` talks to) a moment later. */
+async function waitForWireguardGo(sh: Sh, ifname: string): Promise<boolean> {
+  const until = Date.now() + WG_GO_WAIT_MS
+  while (Date.now() < until) {
+    if (await wgState(sh, ifname)) return true
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  return false
+}
+
+function tunnelIfaces(config: Config): string[] {
+  return configuredTunnels(config).map((t) => t.iface)
+}
+
+function pidAlive(pid: number | undefined): boolean {
+  if (!pid) return false
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** Takes down what dualgate made for a tunnel: its link (unless external), its routing, its broker route. */
+async function removeTunnel(env: TunnelsEnv, name: string, record: TunnelRecord): Promise<void> {
+  await removeTunnelRouting(env.sh, record.table)
+  if (record.owned) {
+    await deleteLink(env.sh, record.iface)
+    // wireguard-go exits when its TUN goes; one that did not is ours (its pid is in the store) to stop.
+    if (record.pid && pidAlive(record.pid) && !env.sh.dryRun) {
+      await new Promise((r) => setTimeout(r, 200))
+      if (pidAlive(record.pid)) process.kill(record.pid, 'SIGTERM')
+    }
+  }
+  if (record.remote) await unpinHostRoute4(env.sh, record.remote)
+  env.log.info(`tunnel ${name}: removed${record.owned ? ` (${record.iface} deleted)` : ` (routing only; ${record.iface} is external)`}`)
+}
+
+export async function reconcileTunnels(env: TunnelsEnv): Promise<TunnelOutcome[]> {
+  const tunnels = configuredTunnels(env.config)
+  const problem = tunnelsProblem(tunnels)
+  if (problem) throw new TunnelConfigError(problem)
+  const data = await env.store.read()
+  const records: Record<string, TunnelRecord> = { ...data.tunnels }
+  const wan = globalIpv4(await getLink(env.sh, env.config.wanIf))
+  const outcomes: TunnelOutcome[] = []
+  const now = new Date().toISOString()
+  const primary = await tunnelDefaultRoute(env.sh)
+
+  for (const [name, record] of Object.entries(records)) {
+    const t = tunnels.find((x) => x.name === name)
+    if (t && t.enabled && t.iface === record.iface && t.type === record.type) continue
+    await removeTunnel(env, name, record)
+    if (primary === record.iface) await removeTunnelDefault(env.sh)
+    delete records[name]
+    outcomes.push({ name, iface: record.iface, type: record.type, action: 'removed' })
+  }
+
+  for (const t of tunnels.filter((x) => x.enabled)) {
+    const record = records[t.name]
+    const link = await getTunnelLink(env.sh, t.iface)
+    try {
+      let built: Built
+      if (t.type === 'external') {
+        if (!link) {
+          outcomes.push({ name: t.name, iface: t.iface, type: t.type, action: 'missing', detail: `${t.iface} does not exist (an external tunnel is brought up by something else)` })
+          continue
+        }
+        built = { action: 'unchanged', addresses: [] }
+      } else if (t.type === '6in4') built = await ensureSit(env, t, link, wan)
+      else built = await ensureWg(env, t, link, record)
+      if (!record && link && built.action === 'unchanged' && t.type !== 'external') built.action = 'adopted'
+      if (record?.remote && t.type === '6in4' && record.remote !== t.remote) await unpinHostRoute4(env.sh, record.remote)
+      const table = record?.table ?? freeTunnelTable(records)
+      records[t.name] = { type: t.type, iface: t.iface, table, owned: t.type !== 'external', remote: t.type === '6in4' ? t.remote : undefined, pid: built.pid, adminDown: record?.adminDown ?? false, since: record?.since ?? now }
+      const current = link ? await getLink(env.sh, t.iface) : undefined
+      const have = (current?.addresses ?? []).map((a) => `${a.address}/${a.prefixlen}`)
+      if ((await addAddresses(env.sh, t.iface, built.addresses, have)).length > 0 && built.action === 'unchanged') built.action = 'changed'
+      if (records[t.name].adminDown) {
+        if (t.type !== 'external' && (!link || link.up)) await setLinkDown(env.sh, t.iface)
+        if (primary === t.iface) await removeTunnelDefault(env.sh)
+        outcomes.push({ name: t.name, iface: t.iface, type: t.type, action: 'down', backend: built.backend, detail: 'set down by tunnels down' })
+        continue
+      }
+      if (t.type !== 'external' && (!link || !link.up)) {
+        await setLinkUp(env.sh, t.iface)
+        if (built.action === 'unchanged') built.action = 'changed'
+      }
+      const sources = [...built.addresses.filter((a) => a.includes(':')).map((a) => `${a.split('/')[0]}/128`), ...(t.prefix ? [t.prefix] : [])]
+      if (!(t.type === 'external' && !link?.up)) {
+        if ((await applyTunnelRouting(env.sh, { ifname: t.iface, table, sources })) > 0 && built.action === 'unchanged') built.action = 'changed'
+      }
+      outcomes.push({ name: t.name, iface: t.iface, type: t.type, action: built.action, backend: built.backend, detail: built.detail })
+    } catch (err) {
+      if (!(err instanceof TunnelConfigError) && !(err instanceof WgConfigError)) throw err
+      outcomes.push({ name: t.name, iface: t.iface, type: t.type, action: 'failed', detail: err.message })
+    }
+  }
+
+  if (!env.sh.dryRun && JSON.stringify(records) !== JSON.stringify(data.tunnels)) {
+    await env.store.update((d) => {
+      d.tunnels = records
+    })
+  }
+  for (const o of outcomes) if (o.action !== 'unchanged') (o.action === 'failed' || o.action === 'missing' ? env.log.warn : env.log.info)(`tunnel ${o.name} (${o.iface}): ${o.action}${o.detail ? `: ${o.detail}` : ''}`)
+  return outcomes
+}
