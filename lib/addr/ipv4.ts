@@ -47,3 +47,20 @@ const MASKS = new Map(Array.from({ length: 33 }, (_, p) => [formatIpv4(p === 0 ?
 export function maskToPrefix(mask: string): number | undefined {
   return /^\d+$/.test(mask) && Number(mask) <= 32 ? Number(mask) : MASKS.get(mask)
 }
+
+/**
+ * Addresses that are not reachable on the public internet: this network, RFC 1918, shared (CGNAT)
+ * 100.64/10, loopback, link-local, IETF protocol assignments, benchmarking 198.18/15, the three
+ * documentation nets, multicast and the reserved 240/4 (with the broadcast address).
+ */
+const NOT_PUBLIC = [
+  '0.0.0.0/8', '10.0.0.0/8', '100.64.0.0/10', '127.0.0.0/8', '169.254.0.0/16', '172.16.0.0/12',
+  '192.0.0.0/24', '192.0.2.0/24', '192.168.0.0/16', '198.18.0.0/15', '198.51.100.0/24', '203.0.113.0/24',
+  '224.0.0.0/4', '240.0.0.0/4',
+].map(parseCidr4)
+
+/** A unicast address the internet routes to this host (a WAN address not behind NAT). */
+export function isPublicIpv4(text: string): boolean {
+  const ip = parseIpv4(text)
+  return ip !== undefined && !NOT_PUBLIC.some((s) => ((ip & s.mask) >>> 0) === s.network)
+}
