@@ -4,7 +4,7 @@
 // device sees the router as its peer and its replies come back through us.
 import dgram from 'node:dgram'
 import net from 'node:net'
-import { parseIpv6 } from '../addr/ipv6.ts'
+import { fairShare, sourceKey } from '../core/fair-share.ts'
 import { closeWaitConnections, connectionKey } from '../net/sockets.ts'
 
 export interface Endpoint {
@@ -65,21 +65,6 @@ export interface RelayStats {
 }
 
 type Refusal = 'connections' | 'connectionsPerSource' | 'udpSessions' | 'udpSessionsPerSource'
-
-/** The default share of one source: a sixteenth of the total, at least one. */
-export function fairShare(total: number): number {
-  return Math.max(1, Math.ceil(total / 16))
-}
-
-/**
- * Who a client is, for its share: an IPv6 client owns its whole /64 (its addresses are free to pick within
- * it), an IPv4 client its address.
- */
-export function sourceKey(address: string): string {
-  const bytes = net.isIPv6(address) ? parseIpv6(address) : undefined
-  if (!bytes) return address
-  return `${Buffer.from(bytes.subarray(0, 8)).toString('hex')}/64`
-}
 
 export interface Relay {
   /** Reconciles listeners with `rules`: opens new ones, closes those not wanted, leaves the rest untouched. */

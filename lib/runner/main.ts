@@ -22,6 +22,7 @@ import { startSupervisor } from '../core/supervisor.ts'
 import { clatSupervisor } from '../clat/supervisor.ts'
 import { nat64Supervisor } from '../nat64/supervisor.ts'
 import { relaySupervisor } from '../reach/relay-supervisor.ts'
+import { socks5Supervisor } from '../tunnels/socks5-supervisor.ts'
 import { tunnelSupervisor } from '../tunnels/supervisor.ts'
 import { createRunnerApi } from './api.ts'
 import { addBounded, createQueue, MAX_PENDING, type Batch, type Item } from './queue.ts'
@@ -42,7 +43,7 @@ function makeLogger(config: Config): Logger {
 }
 
 /** What the runner keeps running beside the jobs, each on the supervisor helper (lib/core/supervisor.ts). */
-const SUPERVISORS = [relaySupervisor, nat64Supervisor, clatSupervisor, tunnelSupervisor]
+const SUPERVISORS = [relaySupervisor, nat64Supervisor, clatSupervisor, tunnelSupervisor, socks5Supervisor]
 
 async function main(): Promise<void> {
   let config: Config

@@ -7,7 +7,8 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createLab, type Agent, type Lab } from '../../bench/netns.ts'
-import { fairShare, sourceKey, type RelayOptions, type RelayRule, type RelayStats } from '../../lib/reach/relay.ts'
+import { fairShare, sourceKey } from '../../lib/core/fair-share.ts'
+import type { RelayOptions, RelayRule, RelayStats } from '../../lib/reach/relay.ts'
 
 const AGENT = path.join(path.dirname(fileURLToPath(import.meta.url)), '../fixtures/relay-agent.ts')
 const R6 = '2001:db8:98:1::1'
