@@ -26,6 +26,10 @@ export interface SupervisorParts {
   close?(): Promise<void>
   /** Its API routes (GET /relay, GET /nat64, ...). */
   routes?: ApiRoute[]
+  /** Prometheus text exposition lines, each family with its HELP and TYPE, appended to GET /metrics ('' for none). */
+  metrics?(): string
+  /** What it adds to GET /health under its name; undefined when it has nothing to report now. */
+  health?(): Record<string, unknown> | undefined
 }
 
 export interface SupervisorDefinition {
@@ -42,6 +46,8 @@ export interface Supervisor {
   /** Resolves when a pass that started after this call has finished. */
   request(): Promise<void>
   routes: ApiRoute[]
+  metrics?(): string
+  health?(): Record<string, unknown> | undefined
   close(): Promise<void>
 }
 
@@ -82,6 +88,8 @@ export function startSupervisor(def: SupervisorDefinition, ctx: SupervisorContex
     name: def.name,
     request,
     routes: parts.routes ?? [],
+    metrics: parts.metrics,
+    health: parts.health,
     async close() {
       if (closed) return
       closed = true

@@ -9,6 +9,7 @@ import { hasRole } from '../core/config.ts'
 import { fail, pass, type CheckId } from './report.ts'
 import { api, clat, nat64, relay, runner } from './runner.ts'
 import { clock, disk, node, store, tools } from './system.ts'
+import { heUpdate, tunnels } from './tunnels.ts'
 
 export const CHECKS: Record<CheckId, CheckFn> = {
   clock, node, tools, disk, store,
@@ -23,6 +24,8 @@ export const CHECKS: Record<CheckId, CheckFn> = {
   'dhcp-clients': dhcpClients,
   runner, api, relay,
   nat64, clat,
+  tunnels,
+  'he-update': heUpdate,
 }
 
 /** What only a gateway has (a LAN, devices and their data plane): passed over on a host that is not one. */

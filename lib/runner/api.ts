@@ -1,12 +1,15 @@
 // The runner's API: its own routes (health, jobs, events, metrics) and those of the capabilities, in one
-// table for lib/core/api.ts. Supervisors add theirs when the runner starts them (GET /relay, /nat64, /clat).
+// table for lib/core/api.ts. Supervisors add theirs when the runner starts them (GET /relay, /nat64, /clat),
+// and may add to GET /health (under their name) and GET /metrics (after the runner's own families).
 import { getRouterParam, HTTPError } from 'h3'
 import { badRequest, createApi, notFound, readJson, type ApiContext, type ApiOptions, type ApiRoute, type RunnerControl } from '../core/api.ts'
 import { EventError, parseEvent, type HookEvent } from '../core/event.ts'
 import { DEVICE_STATUSES, type Data } from '../core/schema.ts'
+import type { Supervisor } from '../core/supervisor.ts'
 import { deviceRoutes } from '../devices/routes.ts'
 import { countDevices } from '../devices/status.ts'
 import { forwardRoutes } from '../reach/routes.ts'
+import { portRoutes } from '../tunnels/routes.ts'
 
 function escapeLabel(v: string): string {
   return v.replaceAll('\\', '\\\\').replaceAll('"', '\\"').replaceAll('\n', '\\n')
@@ -53,7 +56,23 @@ function needRunner(api: ApiContext): RunnerControl {
   return api.runner
 }
 
-const runnerRoutes: ApiRoute[] = [
+/** What GET /health and GET /metrics take from each supervisor. */
+export type SupervisorReports = Pick<Supervisor, 'name' | 'health' | 'metrics'>
+
+/** Each supervisor's health under its name, for those that have something to say. */
+function supervisorHealth(supervisors: SupervisorReports[]): Record<string, unknown> {
+  return Object.fromEntries(supervisors.flatMap((s) => {
+    const h = s.health?.()
+    return h ? [[s.name, h]] : []
+  }))
+}
+
+/** The supervisors' metric families, after the runner's own; each ends with a newline. */
+function supervisorMetrics(supervisors: SupervisorReports[]): string {
+  return supervisors.map((s) => s.metrics?.() ?? '').filter(Boolean).map((t) => (t.endsWith('\n') ? t : `${t}\n`)).join('')
+}
+
+const runnerRoutes = (supervisors: SupervisorReports[]): ApiRoute[] => [
   {
     method: 'GET',
     path: '/health',
@@ -61,9 +80,10 @@ const runnerRoutes: ApiRoute[] = [
     async handler(_e, api) {
       try {
         const data = await api.store.snapshot()
-        return { ok: true, version: api.version, store: { ok: true, devices: Object.keys(data.devices).length } }
+        return { ok: true, version: api.version, store: { ok: true, devices: Object.keys(data.devices).length }, ...supervisorHealth(supervisors) }
       } catch (err) {
-        return new Response(JSON.stringify({ ok: false, version: api.version, store: { ok: false, error: (err as Error).message } }), { status: 503, headers: { 'content-type': 'application/json' } })
+        const body = { ok: false, version: api.version, store: { ok: false, error: (err as Error).message }, ...supervisorHealth(supervisors) }
+        return new Response(JSON.stringify(body), { status: 503, headers: { 'content-type': 'application/json' } })
       }
     },
   },
@@ -72,7 +92,7 @@ const runnerRoutes: ApiRoute[] = [
     method: 'GET',
     path: '/metrics',
     async handler(_e, api) {
-      const text = metrics(await api.store.snapshot(), api.runner?.jobs().map((j) => j.name) ?? [])
+      const text = metrics(await api.store.snapshot(), api.runner?.jobs().map((j) => j.name) ?? []) + supervisorMetrics(supervisors)
       return new Response(text, { headers: { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' } })
     },
   },
@@ -106,7 +126,11 @@ const runnerRoutes: ApiRoute[] = [
   },
 ]
 
-/** The runner's API: its own routes, the devices' and the forwards', and `routes` (the supervisors'). */
-export function createRunnerApi(opts: Omit<ApiOptions, 'routes'> & { routes?: ApiRoute[] }) {
-  return createApi({ ...opts, routes: [...runnerRoutes, ...deviceRoutes, ...forwardRoutes, ...(opts.routes ?? [])] })
+/**
+ * The runner's API: its own routes, the devices' and the forwards', and `routes` (the supervisors'); the
+ * `supervisors` add to /health and /metrics.
+ */
+export function createRunnerApi(opts: Omit<ApiOptions, 'routes'> & { routes?: ApiRoute[]; supervisors?: SupervisorReports[] }) {
+  const { supervisors = [], routes = [], ...rest } = opts
+  return createApi({ ...rest, routes: [...runnerRoutes(supervisors), ...deviceRoutes, ...forwardRoutes, ...portRoutes, ...routes] })
 }

@@ -221,7 +221,7 @@ async function main(): Promise<void> {
   const sh = createSh({ dryRun: false })
   const supervisors = SUPERVISORS.map((def) => startSupervisor(def, { store, config: () => config, sh, log: () => log }))
   const closeSupervisors = () => Promise.all(supervisors.map((s) => s.close()))
-  const app = createRunnerApi({ store, config: () => config, runner, version: packageVersion(), log, routes: supervisors.flatMap((s) => s.routes) })
+  const app = createRunnerApi({ store, config: () => config, runner, version: packageVersion(), log, routes: supervisors.flatMap((s) => s.routes), supervisors })
   const server = serve(app, { hostname: config.apiHost, port: config.apiPort, manual: true, silent: true, gracefulShutdown: false, node: serverOptions(API_LIMITS) })
   if (server.node?.server) guardServer(server.node.server as HttpServer, API_LIMITS)
   let schedule: Schedule | undefined
@@ -259,9 +259,12 @@ async function main(): Promise<void> {
     for (const key of ['dataDir', 'apiHost', 'apiPort'] as const) {
       if (next[key] !== config[key]) log.warn(`SIGHUP: ${key} changed to ${next[key]}; this takes effect after a restart`)
     }
+    const tunnelsChanged = JSON.stringify(next.sections.tunnels ?? []) !== JSON.stringify(config.sections.tunnels ?? [])
     config = { ...next, dataDir: config.dataDir, apiHost: config.apiHost, apiPort: config.apiPort }
     log = makeLogger(config)
     jobs = discoverJobs(dir)
+    // Tunnels added, changed or removed are made so now, not at the next scheduled run.
+    if (tunnelsChanged && jobFile('tunnels')) request('tunnels', { items: [], triggers: ['reload'] })
     if (!schedule) return log.info('SIGHUP: configuration reloaded')
     schedule.stop()
     schedule = startSchedule()

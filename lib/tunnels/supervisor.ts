@@ -2,18 +2,22 @@
 // through itself only (lib/net/ping.ts), its health follows (lib/tunnels/health.ts), and the default IPv6
 // route is moved to the best tunnel when the primary fails (lib/tunnels/failover.ts), with one atomic
 // replace. Links, addresses and tables are the tunnels job's; this only measures and steers. Health lives
-// in memory (no flash writes every few seconds); a restarted runner adopts the route it finds.
+// in memory (no flash writes every few seconds); a restarted runner adopts the route it finds. The same view
+// feeds GET /tunnels, GET /v6/address, the tunnels' metrics and the IPv6 part of GET /health.
 import { stat } from 'node:fs/promises'
 import { getRouterParam, HTTPError } from 'h3'
+import { inPrefix6 } from '../addr/ipv6.ts'
 import { notFound, type ApiRoute } from '../core/api.ts'
 import type { Config } from '../core/config.ts'
 import { defineSupervisor } from '../core/supervisor.ts'
+import { getLink } from '../net/ip.ts'
 import { pingVia } from '../net/ping.ts'
-import { getTunnelLink, linkCounters, removeTunnelDefault, replaceTunnelDefault, tunnelDefaultRoute } from '../net/tunnel.ts'
+import { getTunnelLink, removeTunnelDefault, replaceTunnelDefault, tunnelDefaultRoute } from '../net/tunnel.ts'
 import { wgState } from '../net/wireguard.ts'
-import { configuredTunnels, type Tunnel } from './config.ts'
+import { configuredTunnels, deviceSubnet, type Tunnel } from './config.ts'
 import { choosePrimary, isEligible, type Candidate } from './failover.ts'
 import { lossPct, newHealth, nextHealth, stats, type Check, type Health, type HealthState, type Thresholds } from './health.ts'
+import { tunnelMetrics } from './metrics.ts'
 
 /** A WireGuard session without a handshake for this long is dead (rekeying happens every 120 s under traffic). */
 export const WG_HANDSHAKE_STALE_S = 180
@@ -39,6 +43,21 @@ export interface TunnelStatus {
 }
 
 export interface Switch { at: string; from?: string; to?: string; reason: string }
+
+/** GET /v6/address: the global IPv6 addresses on each tunnel's link and each tunnel's routed prefix. */
+export interface V6Addresses {
+  addresses: { address: string; prefixlen: number; tunnel: string; primary: boolean; reachable: boolean }[]
+  prefixes: { prefix: string; tunnel: string; reachable: boolean }[]
+}
+
+/** Up or degraded: it carries traffic. */
+export const isReachable = (t: Pick<TunnelStatus, 'state'>) => t.state === 'up' || t.state === 'degraded'
+
+/** The IPv6 part of GET /health: reachable when a primary tunnel exists and carries traffic. */
+export function ipv6Health(list: TunnelStatus[]): { ipv6: { reachable: boolean; primary?: string; tunnels: { up: number; total: number } } } {
+  const primary = list.find((t) => t.primary)
+  return { ipv6: { reachable: !!primary && isReachable(primary), primary: primary?.name, tunnels: { up: list.filter(isReachable).length, total: list.length } } }
+}
 
 export function thresholds(c: Config): Thresholds {
   return {
@@ -73,18 +92,19 @@ export const tunnelSupervisor = defineSupervisor({
     let primaryIface: string | undefined
     let storeStamp = ''
 
-    async function check(t: Tunnel, c: Config): Promise<Check> {
+    /** One check of `t`; what it sees of the link goes into `seen`. */
+    async function measure(t: Tunnel, c: Config, seen: Observed): Promise<Check> {
       const at = Date.now()
       const link = await getTunnelLink(sh, t.iface)
-      const seen: Observed = { backend: link?.kind === 'wireguard' ? 'kernel' : link?.kind === 'tun' && t.type === 'wireguard' ? 'wireguard-go' : undefined }
-      observed.set(t.name, seen)
+      seen.backend = link?.kind === 'wireguard' ? 'kernel' : link?.kind === 'tun' && t.type === 'wireguard' ? 'wireguard-go' : undefined
+      seen.rxBytes = link?.rxBytes
+      seen.txBytes = link?.txBytes
       if (!link) return { at, sent: 0, received: 0, fault: `${t.iface} does not exist` }
       if (!link.up) return { at, sent: 0, received: 0, fault: `${t.iface} is down` }
       const results = await Promise.all(t.probe.map((target) => pingVia(sh, { ifname: t.iface, target, count: c.tunnelProbeCount, timeoutS: c.tunnelProbeTimeout })))
       const rtts = results.flatMap((r) => r.rttMs)
       const result: Check = { at, sent: results.reduce((n, r) => n + r.sent, 0), received: rtts.length }
       if (rtts.length > 0) result.latencyMs = rtts.reduce((a, b) => a + b, 0) / rtts.length
-      Object.assign(seen, await linkCounters(sh, t.iface))
       if (t.type === 'wireguard') {
         const latest = Math.max(0, ...((await wgState(sh, t.iface))?.peers ?? []).map((p) => p.latestHandshake))
         seen.handshakeAgeS = latest > 0 ? Math.max(0, Math.round(Date.now() / 1000 - latest)) : undefined
@@ -92,6 +112,15 @@ export const tunnelSupervisor = defineSupervisor({
           result.fault = seen.handshakeAgeS === undefined ? 'no WireGuard handshake yet' : `no WireGuard handshake for ${seen.handshakeAgeS} s`
         }
       }
+      return result
+    }
+
+    // What a check sees is published when it ends: a reader during a check (GET /tunnels, /metrics) gets the
+    // last complete view, not one without counters and handshake.
+    async function check(t: Tunnel, c: Config): Promise<Check> {
+      const seen: Observed = {}
+      const result = await measure(t, c, seen)
+      observed.set(t.name, seen)
       return result
     }
 
@@ -180,8 +209,26 @@ export const tunnelSupervisor = defineSupervisor({
       return list.map((t) => ({ ...t, adminDown: data.tunnels[t.name]?.adminDown ?? false }))
     }
 
+    async function v6Addresses(): Promise<V6Addresses> {
+      const list = status()
+      const links = await Promise.all(list.map((t) => getLink(sh, t.iface)))
+      const prefixes = configuredTunnels(config()).flatMap((t) => {
+        const s = list.find((x) => x.name === t.name)
+        return t.prefix && s ? [{ prefix: t.prefix, tunnel: t.name, reachable: isReachable(s) }] : []
+      })
+      const tunnels = configuredTunnels(config())
+      const addresses = list.flatMap((t, i) => (links[i]?.addresses ?? [])
+        .filter((a) => {
+          const devices = deviceSubnet(tunnels.find((x) => x.name === t.name)?.prefix)
+          return a.family === 6 && a.scope === 'global' && !(devices && a.prefixlen === 128 && inPrefix6(a.address, devices))
+        })
+        .map((a) => ({ address: a.address, prefixlen: a.prefixlen, tunnel: t.name, primary: t.primary, reachable: isReachable(t) })))
+      return { addresses, prefixes }
+    }
+
     const routes: ApiRoute[] = [
       { method: 'GET', path: '/tunnels', handler: async () => ({ tunnels: await withAdmin(status()), failovers, switches }) },
+      { method: 'GET', path: '/v6/address', handler: () => v6Addresses() },
       ...(['up', 'down'] as const).map((action): ApiRoute => ({
         method: 'POST',
         path: `/tunnels/:name/${action}`,
@@ -200,6 +247,12 @@ export const tunnelSupervisor = defineSupervisor({
       })),
     ]
 
-    return { pass, routes }
+    const configured = () => configuredTunnels(config()).length > 0
+    return {
+      pass,
+      routes,
+      metrics: () => (configured() ? tunnelMetrics(status(), failovers) : ''),
+      health: () => (configured() ? ipv6Health(status()) : undefined),
+    }
   },
 })

@@ -260,6 +260,27 @@ describe('api', () => {
     expect(triggered).toEqual(['refresh-proxies:api', 'refresh-proxies:api', 'refresh-proxies:api'])
   })
 
+  it('GET /health and GET /metrics take what the supervisors add, under their names and after the runner\'s own', async () => {
+    const s = setup()
+    let ipv6: Record<string, unknown> | undefined = { ipv6: { reachable: true, primary: 'wga', tunnels: { up: 1, total: 2 } } }
+    const supervisors = [
+      { name: 'relay' },
+      { name: 'tunnels', health: () => ipv6, metrics: () => '# HELP dualgate_tunnel_up Up.\n# TYPE dualgate_tunnel_up gauge\ndualgate_tunnel_up{tunnel="wga"} 1' },
+      { name: 'quiet', health: () => undefined, metrics: () => '' },
+    ]
+    const ext = createRunnerApi({ store: s.store, config: s.config, supervisors })
+    expect(await json(ext.fetch(req('/health')))).toEqual({ status: 200, body: { ok: true, version: expect.any(String), store: { ok: true, devices: 0 }, tunnels: ipv6 } })
+    const text = await (await ext.fetch(req('/metrics'))).text()
+    expect(text).toMatch(/^dualgate_store_writes_total \d+\n# HELP dualgate_tunnel_up Up\.\n# TYPE dualgate_tunnel_up gauge\ndualgate_tunnel_up\{tunnel="wga"\} 1\n$/m)
+    expect(text.endsWith('dualgate_tunnel_up{tunnel="wga"} 1\n')).toBe(true)
+    ipv6 = undefined
+    expect((await json(ext.fetch(req('/health')))).body).not.toHaveProperty('tunnels')
+    // An unreadable store is still a 503, with what the supervisors know.
+    ipv6 = { ipv6: { reachable: false, tunnels: { up: 0, total: 1 } } }
+    const broken = createRunnerApi({ store: { ...s.store, snapshot: () => Promise.reject(new Error('EIO')) }, config: s.config, supervisors })
+    expect(await json(broken.fetch(req('/health')))).toEqual({ status: 503, body: { ok: false, version: expect.any(String), store: { ok: false, error: 'EIO' }, tunnels: ipv6 } })
+  })
+
   it('takes more routes from the caller, with the same access rules', async () => {
     const s = setup()
     const widgets: string[] = []

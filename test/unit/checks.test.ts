@@ -126,3 +126,62 @@ describe('checkNat64', async () => {
     expect(checkNat64({ ...base, enabled: true }, 4242, true)).toMatchObject({ status: 'pass', reason: expect.stringMatching(/pid 4242/) })
   })
 })
+
+describe('tunnels', async () => {
+  const { checkHeUpdate, checkTunnels } = await import('../../lib/diagnose/tunnels.ts')
+  const seen = (name: string, exists = true, type: 'wireguard' | 'external' = 'wireguard') => ({ name, iface: name, type, exists })
+  const live = (name: string, state: 'unknown' | 'up' | 'degraded' | 'down', primary = false, more: { adminDown?: boolean; lastFault?: string } = {}) => ({ name, state, primary, adminDown: false, ...more })
+
+  it('passes with the links there and a healthy primary', () => {
+    expect(checkTunnels([], undefined)).toMatchObject({ status: 'pass', reason: 'no tunnel enabled' })
+    expect(checkTunnels([seen('wga'), seen('wgb')], [live('wga', 'up', true), live('wgb', 'degraded')])).toEqual({ id: 'tunnels', status: 'pass', reason: '2 enabled; primary wga' })
+    expect(checkTunnels([seen('wga'), seen('wgb')], [live('wga', 'up', true), live('wgb', 'down', false, { adminDown: true })]))
+      .toMatchObject({ status: 'pass', reason: expect.stringContaining('wgb set down by tunnels down') })
+  })
+
+  it('fails a missing link: ours with the tunnels job as the fix, an external one without a fix', () => {
+    expect(checkTunnels([seen('wga', false), seen('wgb')], [live('wga', 'down', false, { lastFault: 'wga does not exist' }), live('wgb', 'up', true)]))
+      .toEqual({ id: 'tunnels', status: 'fail', reason: '2 enabled; wga: wga does not exist; primary wgb', fix: 'run the tunnels job' })
+    const ext = checkTunnels([seen('ext', false, 'external')], undefined)
+    expect(ext).toMatchObject({ status: 'fail', reason: expect.stringContaining('ext: ext does not exist (an external tunnel is brought up by something else)') })
+    expect(ext.fix).toBeUndefined()
+  })
+
+  it('warns about a tunnel down while another carries IPv6, and fails when none is up', () => {
+    expect(checkTunnels([seen('wga'), seen('wgb')], [live('wga', 'up', true), live('wgb', 'down', false, { lastFault: 'no WireGuard handshake for 200 s' })]))
+      .toMatchObject({ status: 'warn', reason: '2 enabled; wgb down (no WireGuard handshake for 200 s); primary wga' })
+    expect(checkTunnels([seen('wga'), seen('wgb')], [live('wga', 'down'), live('wgb', 'down')]))
+      .toMatchObject({ status: 'fail', reason: expect.stringContaining('no tunnel is up') })
+  })
+
+  it('fails "no primary" when a tunnel is up but none carries the default route', () => {
+    const c = checkTunnels([seen('wga'), seen('wgb')], [live('wga', 'up'), live('wgb', 'down')])
+    expect(c).toMatchObject({ status: 'fail', reason: expect.stringMatching(/no primary: wga up, but not carrying the default IPv6 route/) })
+    expect(c.fix).toBeUndefined()
+    expect(checkTunnels([seen('wga'), seen('wgb')], [live('wga', 'down', true), live('wgb', 'up')]).reason).toMatch(/primary wga is down: wgb up/)
+  })
+
+  it('warns when the runner cannot say, or has not measured yet', () => {
+    expect(checkTunnels([seen('wga')], undefined)).toMatchObject({ status: 'warn', reason: '1 enabled; health not measured: the runner is not running' })
+    expect(checkTunnels([seen('wga')], 'GET /tunnels failed (ECONNREFUSED)')).toMatchObject({ status: 'warn', reason: expect.stringContaining('ECONNREFUSED') })
+    expect(checkTunnels([seen('wga')], [live('wga', 'unknown')])).toMatchObject({ status: 'warn', reason: expect.stringContaining('not measured yet') })
+  })
+
+  it('he-update: fails a stopped tunnel until its settings change, warns during an abuse back-off', () => {
+    const now = Date.parse('2025-06-01T12:00:00Z')
+    const he = [{ name: 'he', settings: 'f1' }]
+    expect(checkHeUpdate([], {}, now)).toMatchObject({ status: 'pass', reason: 'no 6in4 tunnel with Hurricane Electric settings' })
+    expect(checkHeUpdate(he, {}, now)).toMatchObject({ status: 'pass', reason: 'he: no update yet' })
+    expect(checkHeUpdate(he, { he: { answer: 'nochg 198.18.0.2', at: '2025-06-01T11:00:00.000Z' } }, now)).toMatchObject({ status: 'pass', reason: 'he: last answer "nochg 198.18.0.2" at 2025-06-01T11:00:00.000Z' })
+    const stopped = checkHeUpdate(he, { he: { answer: 'badauth', stopped: { answer: 'badauth', settings: 'f1' } } }, now)
+    expect(stopped).toMatchObject({ status: 'fail', reason: expect.stringMatching(/he: the broker answered "badauth" \(wrong user name or update key\); no update is sent until the tunnel's HE settings .* change/) })
+    expect(checkHeUpdate(he, { he: { answer: 'badauth', stopped: { answer: 'badauth', settings: 'f0' } } }, now)).toMatchObject({ status: 'pass', reason: expect.stringContaining('the next he-update sends again') })
+    expect(checkHeUpdate(he, { he: { answer: 'abuse', backoffUntil: '2025-06-01T15:00:00.000Z' } }, now)).toMatchObject({ status: 'warn', reason: 'he: the broker answered "abuse"; nothing is sent before 2025-06-01T15:00:00.000Z' })
+    expect(checkHeUpdate(he, { he: { answer: 'abuse', backoffUntil: '2025-06-01T11:00:00.000Z' } }, now).status).toBe('pass')
+  })
+
+  it('are checks diagnose runs, after the runner', () => {
+    expect(CHECK_IDS.indexOf('tunnels')).toBeGreaterThan(CHECK_IDS.indexOf('api'))
+    expect(selectFixes(['tunnels,he-update'], false)).toEqual(['tunnels', 'he-update'])
+  })
+})
