@@ -6,8 +6,7 @@ import { defineJob, runMain } from '../lib/core/job.ts'
 import { ensureForwarding } from '../lib/devices/identity.ts'
 import { requireInterfaces } from '../lib/devices/lan.ts'
 import { syncNat } from '../lib/reach/nat.ts'
-import { getLink, globalIpv6 } from '../lib/net/ip.ts'
-import { relayRules } from '../lib/reach/relay-plan.ts'
+import { relayView } from '../lib/reach/relay-view.ts'
 
 export interface RefreshResult { table: 'present' | 'created'; added: number; removed: number; forwards: number; relayListeners: number }
 
@@ -24,8 +23,7 @@ const job = defineJob({
     const nat = await syncNat(ctx, data)
     if (nat.table === 'created') ctx.log.info('nftables table inet dualgate (re)created')
     if (nat.added + nat.removed > 0) ctx.log.info(`nftables: ${nat.added} elements added, ${nat.removed} removed`)
-    const wan6 = globalIpv6(await getLink(ctx.sh, ctx.config.wanIf))
-    return { ...nat, forwards: data.forwards.length, relayListeners: relayRules(data, ctx.config, wan6).length }
+    return { ...nat, forwards: data.forwards.length, relayListeners: (await relayView(ctx.sh, ctx.config, data)).rules.length }
   },
   format: (r: RefreshResult) => `nftables table ${r.table}: +${r.added} -${r.removed} elements; ${r.forwards} forwards; ${r.relayListeners} relay listeners planned`,
 })

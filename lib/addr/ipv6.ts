@@ -80,3 +80,16 @@ export function inPrefix6(address: string, prefix: string): boolean {
   }
   return true
 }
+
+/**
+ * The address of a MAC in the first /64 of `prefix` (a /64 or shorter): the modified EUI-64 interface
+ * identifier of RFC 4291 (ff:fe in the middle, the universal/local bit flipped), as SLAAC would form it.
+ */
+export function eui64Address(prefix: string, mac: string): string {
+  const [net, len] = prefix.split('/')
+  const bytes = parseIpv6(net)
+  const m = mac.split(':').map((h) => Number.parseInt(h, 16))
+  if (!bytes || Number(len) > 64 || m.length !== 6 || m.some((b) => !(b >= 0 && b <= 255))) throw new Error(`no EUI-64 address for ${mac} in ${prefix}`)
+  bytes.set([m[0] ^ 0x02, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]], 8)
+  return formatIpv6(bytes)
+}

@@ -71,6 +71,8 @@ export const tunnelRecordSchema = z.object({
   table: z.number().int().min(1).max(252_000),
   /** We created (or adopted) the interface and remove it when the tunnel leaves the config; never for external. */
   owned: z.boolean(),
+  /** Its routed prefix: device addresses in it (lib/reach/relay-view.ts) go with the tunnel. */
+  prefix: z.string().optional(),
   /** A 6in4 tunnel's broker: its pinned host route goes with the tunnel. */
   remote: z.string().optional(),
   /** wireguard-go's pid when the tunnel runs in user space. */
@@ -80,6 +82,18 @@ export const tunnelRecordSchema = z.object({
   since: isoTime,
 })
 export type TunnelRecord = z.infer<typeof tunnelRecordSchema>
+
+/** A port of this host's own, offered on the tunnels' IPv6 through the relay (lib/tunnels/ports.ts). */
+export const portSchema = z.object({
+  id: z.string(),
+  /** Where IPv6 clients connect, on each tunnel's own address. */
+  port: z.number().int().min(1).max(65535),
+  proto: z.enum(['tcp', 'udp']),
+  /** The local IPv4 service: 127.0.0.1:targetPort. */
+  targetPort: z.number().int().min(1).max(65535),
+  createdAt: isoTime,
+})
+export type Port = z.infer<typeof portSchema>
 
 /** The Hurricane Electric updater's memory per tunnel (jobs/he-update.ts). */
 export const heUpdateSchema = z.object({
@@ -104,6 +118,7 @@ export const dataSchema = z.object({
   upstream: upstreamSchema.default(() => ({ wanUp: true, prefixes: [] })),
   tunnels: z.record(z.string(), tunnelRecordSchema).default(() => ({})),
   heUpdates: z.record(z.string(), heUpdateSchema).default(() => ({})),
+  ports: z.array(portSchema).default(() => []),
   meta: z.object({ createdAt: isoTime, writes: z.number().int().min(0) }),
 })
 export type Data = z.infer<typeof dataSchema>

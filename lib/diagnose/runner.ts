@@ -8,9 +8,9 @@ import { readStoreView } from '../core/store.ts'
 import { requestRun } from '../core/trigger.ts'
 import { CLAT_INSTANCE, clatPlan } from '../clat/plan.ts'
 import { INSTANCE as NAT64_INSTANCE, nat64Status } from '../nat64/plan.ts'
-import { getLink, globalIpv6 } from '../net/ip.ts'
+import { getLink } from '../net/ip.ts'
 import { findTayga, taygaPid } from '../net/tayga.ts'
-import { relayRules } from '../reach/relay-plan.ts'
+import { relayView } from '../reach/relay-view.ts'
 import { ruleKey, type RelayRule } from '../reach/relay.ts'
 import { service, waitUntil, noStore, type CheckFn, type DiagEnv } from './env.ts'
 import { checkClat, checkNat64, fail, pass, relayDiff, warn, type Check } from './report.ts'
@@ -63,8 +63,7 @@ async function relayState(env: DiagEnv, data: Data): Promise<{ check: Check; ret
   if (typeof limit === 'number' && limit < needed) {
     return { check: warn('relay', `the runner may open only ${limit} files, and relayMaxConnections=${env.ctx.config.relayMaxConnections} needs ${needed}`, 'raise it in the service (systemd LimitNOFILE, procd limits nofile; the units dualgate installs set 65536), or lower relayMaxConnections'), retry: false }
   }
-  const wan6 = globalIpv6(await getLink(env.ctx.sh, env.ctx.config.wanIf))
-  const want = relayRules(data, env.ctx.config, wan6)
+  const want = (await relayView(env.ctx.sh, env.ctx.config, data)).rules
   const { missing, extra } = relayDiff(want, have)
   if (missing.length === 0 && extra.length === 0) return { check: pass('relay', `${have.length} relay listeners match the store; open-file limit ${limit ?? 'unknown'}`), retry: false }
   const parts = [missing.length && `${missing.length} missing (${missing.slice(0, 3).join('; ')})`, extra.length && `${extra.length} not wanted (${extra.slice(0, 3).join('; ')})`].filter(Boolean)

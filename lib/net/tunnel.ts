@@ -1,4 +1,5 @@
 // Kernel tunnels over iproute2: sit (6in4) links and their settings. Parsing is separate and pure.
+import { inPrefix6 } from '../addr/ipv6.ts'
 import type { Sh } from '../core/exec.ts'
 import { listRules, type RuleJson } from './route.ts'
 
@@ -14,6 +15,8 @@ export interface TunnelLink {
   kind?: string
   up: boolean
   mtu: number
+  rxBytes: number
+  txBytes: number
   /** sit: the outer IPv4 addresses and TTL (0: inherit). */
   local?: string
   remote?: string
@@ -24,6 +27,7 @@ interface LinkJson {
   ifname: string
   mtu?: number
   flags?: string[]
+  stats64?: { rx?: { bytes?: number }; tx?: { bytes?: number } }
   linkinfo?: { info_kind?: string; info_data?: { local?: string; remote?: string; ttl?: number } }
 }
 
@@ -33,14 +37,17 @@ export function parseTunnelLinks(json: string): TunnelLink[] {
     kind: l.linkinfo?.info_kind,
     up: (l.flags ?? []).includes('UP'),
     mtu: l.mtu ?? 0,
+    rxBytes: l.stats64?.rx?.bytes ?? 0,
+    txBytes: l.stats64?.tx?.bytes ?? 0,
     local: l.linkinfo?.info_data?.local,
     remote: l.linkinfo?.info_data?.remote,
     ttl: l.linkinfo?.info_data?.ttl,
   }))
 }
 
+/** A link's kind, state, settings and byte counters, in one `ip` call. */
 export async function getTunnelLink(sh: Sh, ifname: string): Promise<TunnelLink | undefined> {
-  const { stdout, code } = await sh.query('ip', ['-j', '-d', 'link', 'show', 'dev', ifname], { nothrow: true })
+  const { stdout, code } = await sh.query('ip', ['-j', '-s', '-d', 'link', 'show', 'dev', ifname], { nothrow: true })
   return code === 0 ? parseTunnelLinks(stdout)[0] : undefined
 }
 
@@ -66,6 +73,16 @@ export async function addAddresses(sh: Sh, ifname: string, want: string[], have:
   const added = want.filter((a) => !have.includes(a))
   for (const a of added) await sh.apply('ip', [a.includes(':') ? '-6' : '-4', 'addr', 'add', a, 'dev', ifname, ...(a.includes(':') ? ['nodad'] : [])])
   return added
+}
+
+/** Removes the /128 addresses on a link that lie in `subnet`. */
+export async function removeAddressesIn(sh: Sh, ifname: string, subnet: string): Promise<void> {
+  const { stdout, code } = await sh.query('ip', ['-j', '-6', 'addr', 'show', 'dev', ifname], { nothrow: true })
+  if (code !== 0) return
+  const rows = JSON.parse(stdout || '[]') as { addr_info?: { local: string; prefixlen: number }[] }[]
+  for (const a of rows.flatMap((r) => r.addr_info ?? [])) {
+    if (a.prefixlen === 128 && inPrefix6(a.local, subnet)) await sh.apply('ip', ['-6', 'addr', 'del', `${a.local}/128`, 'dev', ifname], { nothrow: true })
+  }
 }
 
 // Routing of tunnels. Each tunnel has a table of its own with a default route into it; sockets bound to the
@@ -178,12 +195,4 @@ export async function unpinHostRoute4(sh: Sh, remote: string): Promise<void> {
   if ((await routes(sh, ['-4', 'route', 'show', `${remote}/32`, 'proto', TUNNEL_ROUTE_PROTO])).length > 0) {
     await sh.apply('ip', ['-4', 'route', 'del', `${remote}/32`, 'proto', TUNNEL_ROUTE_PROTO], { nothrow: true })
   }
-}
-
-/** Bytes through a link, for /tunnels. */
-export async function linkCounters(sh: Sh, ifname: string): Promise<{ rxBytes: number; txBytes: number } | undefined> {
-  const { stdout, code } = await sh.query('ip', ['-j', '-s', 'link', 'show', 'dev', ifname], { nothrow: true })
-  if (code !== 0) return undefined
-  const s = (JSON.parse(stdout || '[]') as { stats64?: { rx?: { bytes?: number }; tx?: { bytes?: number } } }[])[0]?.stats64
-  return { rxBytes: s?.rx?.bytes ?? 0, txBytes: s?.tx?.bytes ?? 0 }
 }

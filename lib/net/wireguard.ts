@@ -3,6 +3,7 @@
 import { createPrivateKey, createPublicKey } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { chmod, mkdir, rm } from 'node:fs/promises'
+import { connect } from 'node:net'
 import path from 'node:path'
 import type { Sh } from '../core/exec.ts'
 import { replaceFile } from '../core/safe-file.ts'
@@ -25,6 +26,9 @@ export interface WgState {
   listenPort: number
   peers: WgPeerState[]
 }
+
+const TUN_DEVICE = '/dev/net/tun'
+const WG_SOCKET_DIR = '/var/run/wireguard'
 
 const num = (v: string | undefined) => (v && /^\d+$/.test(v) ? Number(v) : 0)
 
@@ -73,6 +77,28 @@ export async function kernelHasWireguard(sh: Sh): Promise<boolean> {
 export async function addKernelWg(sh: Sh, ifname: string): Promise<boolean> {
   const r = await sh.apply('ip', ['link', 'add', 'dev', ifname, 'type', 'wireguard'], { nothrow: true })
   return r.code === 0
+}
+
+/** The TUN device wireguard-go needs: loads the driver when the device node is missing (no udev did it). */
+export async function ensureTun(sh: Sh): Promise<boolean> {
+  if (existsSync(TUN_DEVICE)) return true
+  await sh.apply('modprobe', ['tun'], { nothrow: true })
+  return sh.dryRun || existsSync(TUN_DEVICE)
+}
+
+/**
+ * Whether a wireguard-go of this name is already listening: their control sockets live in one directory
+ * for every network namespace of the host, so a name in use elsewhere would answer `wg` for ours.
+ */
+export function wireguardGoNameTaken(ifname: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(path.join(WG_SOCKET_DIR, `${ifname}.sock`))
+    socket.once('connect', () => {
+      socket.destroy()
+      resolve(true)
+    })
+    socket.once('error', () => resolve(false))
+  })
 }
 
 /** Starts wireguard-go in the foreground of a detached process of its own (so its pid is ours to watch). */

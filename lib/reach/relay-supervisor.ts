@@ -4,9 +4,8 @@
 import { hasRole } from '../core/config.ts'
 import { openFileLimit } from '../core/limits.ts'
 import { defineSupervisor } from '../core/supervisor.ts'
-import { getLink, globalIpv6 } from '../net/ip.ts'
-import { relayRules } from './relay-plan.ts'
-import { createRelay, ruleKey, type ApplyResult } from './relay.ts'
+import { createRelay, ruleKey, type ApplyResult, type RelayRule } from './relay.ts'
+import { relayView, syncTunnelAddresses } from './relay-view.ts'
 
 export const relaySupervisor = defineSupervisor({
   name: 'relay',
@@ -24,9 +23,15 @@ export const relaySupervisor = defineSupervisor({
     return {
       async pass() {
         const c = config()
-        const wan6 = hasRole(c, 'gateway') ? globalIpv6(await getLink(sh, c.wanIf)) : []
         // A host that is not a gateway has no devices to relay to: every listener closes.
-        const result = await relay.apply(hasRole(c, 'gateway') ? relayRules(await store.snapshot(), c, wan6) : [])
+        let rules: RelayRule[] = []
+        if (hasRole(c, 'gateway')) {
+          const view = await relayView(sh, c, await store.snapshot())
+          const moved = await syncTunnelAddresses(sh, view)
+          if (moved > 0) log().info(`relay: ${moved} device addresses in tunnel prefixes added or removed`)
+          rules = view.rules
+        }
+        const result = await relay.apply(rules)
         failed = result.failed
         // Say each failing listener once, not every retry.
         const now = new Set(failed.map((f) => ruleKey(f.rule)))

@@ -85,6 +85,14 @@ export function tunnelFromSection(s: Section): Tunnel {
   return { ...common, type: 'external' }
 }
 
+/**
+ * Where devices get their addresses in a tunnel's routed prefix (a /64 or shorter): its first /64. These are
+ * the devices' (lib/reach/relay-view.ts), not this host's: never a source for the host's own traffic.
+ */
+export function deviceSubnet(prefix: string | undefined): string | undefined {
+  return prefix && Number(prefix.split('/')[1]) <= 64 ? `${prefix.split('/')[0]}/64` : undefined
+}
+
 export function configuredTunnels(config: Pick<Config, 'sections'>): Tunnel[] {
   return (config.sections.tunnels ?? []).map(tunnelFromSection)
 }

@@ -20,6 +20,7 @@ import {
   getTunnelLink,
   LAST_TUNNEL_TABLE,
   pinHostRoute4,
+  removeAddressesIn,
   removeTunnelDefault,
   removeTunnelRouting,
   setLinkDown,
@@ -28,8 +29,8 @@ import {
   unpinHostRoute4,
   type TunnelLink,
 } from '../net/tunnel.ts'
-import { addKernelWg, kernelHasWireguard, startWireguardGo, wgPublicKey, wgState, wgSyncconf, type WgState } from '../net/wireguard.ts'
-import { configuredTunnels, parseWgQuick, WgConfigError, tunnelsProblem, wgSetconfText, type SitTunnel, type Tunnel, type WgSettings, type WgTunnel } from './config.ts'
+import { addKernelWg, ensureTun, kernelHasWireguard, startWireguardGo, wireguardGoNameTaken, wgPublicKey, wgState, wgSyncconf, type WgState } from '../net/wireguard.ts'
+import { configuredTunnels, deviceSubnet, parseWgQuick, WgConfigError, tunnelsProblem, wgSetconfText, type SitTunnel, type Tunnel, type WgSettings, type WgTunnel } from './config.ts'
 
 export interface TunnelsEnv {
   sh: Sh
@@ -143,6 +144,8 @@ async function ensureWg(env: TunnelsEnv, t: WgTunnel, link: TunnelLink | undefin
     if (kernel && (await addKernelWg(env.sh, t.iface))) backend = 'kernel'
     else if (t.backend === 'kernel') throw new TunnelConfigError('backend is kernel, and this kernel has no WireGuard')
     else {
+      if (!(await ensureTun(env.sh))) throw new TunnelConfigError('/dev/net/tun is missing (the TUN driver wireguard-go needs: kmod-tun on OpenWrt)')
+      if (await wireguardGoNameTaken(t.iface)) throw new TunnelConfigError(`a wireguard-go named ${t.iface} runs already (in another network namespace?): choose another iface`)
       if (!env.sh.dryRun) await mkdir(env.config.runDir, { recursive: true })
       pid = await startWireguardGo(env.sh, t.iface, path.join(env.config.runDir, `wireguard-go-${t.name}.log`))
       if (!env.sh.dryRun && !(await waitForWireguardGo(env.sh, t.iface))) throw new TunnelConfigError(`wireguard-go (pid ${pid}) did not bring up ${t.iface}; see ${env.config.runDir}/wireguard-go-${t.name}.log`)
@@ -201,6 +204,9 @@ async function removeTunnel(env: TunnelsEnv, name: string, record: TunnelRecord)
     }
   }
   if (record.remote) await unpinHostRoute4(env.sh, record.remote)
+  // An external link stays: the device addresses the relay put on it in the prefix go.
+  const devices = deviceSubnet(record.prefix)
+  if (!record.owned && devices) await removeAddressesIn(env.sh, record.iface, devices)
   env.log.info(`tunnel ${name}: removed${record.owned ? ` (${record.iface} deleted)` : ` (routing only; ${record.iface} is external)`}`)
 }
 
@@ -240,7 +246,7 @@ export async function reconcileTunnels(env: TunnelsEnv): Promise<TunnelOutcome[]
       if (!record && link && built.action === 'unchanged' && t.type !== 'external') built.action = 'adopted'
       if (record?.remote && t.type === '6in4' && record.remote !== t.remote) await unpinHostRoute4(env.sh, record.remote)
       const table = record?.table ?? freeTunnelTable(records)
-      records[t.name] = { type: t.type, iface: t.iface, table, owned: t.type !== 'external', remote: t.type === '6in4' ? t.remote : undefined, pid: built.pid, adminDown: record?.adminDown ?? false, since: record?.since ?? now }
+      records[t.name] = { type: t.type, iface: t.iface, table, owned: t.type !== 'external', prefix: t.prefix, remote: t.type === '6in4' ? t.remote : undefined, pid: built.pid, adminDown: record?.adminDown ?? false, since: record?.since ?? now }
       const current = link ? await getLink(env.sh, t.iface) : undefined
       const have = (current?.addresses ?? []).map((a) => `${a.address}/${a.prefixlen}`)
       if ((await addAddresses(env.sh, t.iface, built.addresses, have)).length > 0 && built.action === 'unchanged') built.action = 'changed'

@@ -2,13 +2,13 @@
 // connections or UDP sessions, half-closed connections give their slots back, and read buffers stay within
 // the relay's budget. Namespaces as in relay.test.ts: a client with addresses in two /64s, the router
 // hosting the relay, an IPv4-only device. Needs root for the namespaces.
-import { readFileSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createLab, type Agent, type Lab } from '../../bench/netns.ts'
 import { fairShare, sourceKey } from '../../lib/core/fair-share.ts'
 import type { RelayOptions, RelayRule, RelayStats } from '../../lib/reach/relay.ts'
+import { rssKiB, until } from './wait.ts'
 
 const AGENT = path.join(path.dirname(fileURLToPath(import.meta.url)), '../fixtures/relay-agent.ts')
 const R6 = '2001:db8:98:1::1'
@@ -21,15 +21,6 @@ const MiB = 1024 * 1024
 const tcp = (port: number, tport: number): RelayRule => ({ proto: 'tcp', listen: { host: R6, port }, target: { host: DEV, port: tport } })
 const RULES: RelayRule[] = [tcp(7000, 7000), tcp(7004, 7004), tcp(7005, 7005), { proto: 'udp', listen: { host: R6, port: 53 }, target: { host: DEV, port: 5353 } }]
 
-async function until<T>(what: string, fn: () => Promise<T>, ok: (v: T) => boolean, timeoutMs: number): Promise<T> {
-  const end = Date.now() + timeoutMs
-  for (;;) {
-    const v = await fn()
-    if (ok(v)) return v
-    if (Date.now() > end) throw new Error(`${what}: still ${JSON.stringify(v)} after ${timeoutMs} ms`)
-    await new Promise((r) => setTimeout(r, 100))
-  }
-}
 
 describe('fair shares (no network)', () => {
   it('an IPv6 client is its /64, however it spells its address; an IPv4 client its address', () => {
@@ -57,7 +48,6 @@ describe.skipIf(process.getuid?.() !== 0)('the relay shared fairly', () => {
     const r = await router.call<{ failed: unknown[] }>('relay.start', { opts, rules: RULES })
     expect(r.failed).toEqual([])
   }
-  const rssKiB = () => Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${router.pid}/status`, 'utf8'))?.[1])
 
   beforeAll(async () => {
     lab = createLab('dgfair')
@@ -141,13 +131,13 @@ describe.skipIf(process.getuid?.() !== 0)('the relay shared fairly', () => {
   it('300 stalled downloads hold no more read buffer than the budget, and quiet connections give theirs back', async () => {
     const budget = 8 * MiB
     await restart({ maxConnectionsPerSource: 400, bufferBudget: budget })
-    const before = rssKiB()
+    const before = rssKiB(router.pid)
     // The device sends without end; the client reads nothing.
     await client.call('tcp.hold', { host: R6, port: 7005, count: 300 })
     await until('300 stalled connections', stats, (s) => s.tcpActive === 300, 10_000)
     await new Promise((r) => setTimeout(r, 2000))
     const s = await stats()
-    const growthMiB = (rssKiB() - before) / 1024
+    const growthMiB = (rssKiB(router.pid) - before) / 1024
     expect(s.bufferBytes).toBeGreaterThan(0)
     expect(s.bufferBytes).toBeLessThanOrEqual(budget)
     // 300 connections x 2 directions x 16 KiB, the budget, and sockets; unbounded, 256 KiB each is 75 MiB.

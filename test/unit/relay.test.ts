@@ -1,11 +1,11 @@
 // The relay against real sockets: an IPv6-only client namespace, a router namespace hosting the relay, and
 // an IPv4-only device namespace with a few services. Needs root for the namespaces.
-import { readFileSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createLab, type Agent, type Lab } from '../../bench/netns.ts'
 import { createRelay, ruleKey, type ApplyResult, type RelayRule, type RelayStats } from '../../lib/reach/relay.ts'
+import { rssKiB, until } from './wait.ts'
 
 const AGENT = path.join(path.dirname(fileURLToPath(import.meta.url)), '../fixtures/relay-agent.ts')
 const R6 = '2001:db8:99::1'
@@ -27,19 +27,7 @@ const RULES: RelayRule[] = [
 ]
 const MAX_CONN = 6
 
-function rssKiB(pid: number): number {
-  return Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1])
-}
 
-async function until<T>(what: string, fn: () => Promise<T>, ok: (v: T) => boolean, timeoutMs = 5000): Promise<T> {
-  const end = Date.now() + timeoutMs
-  for (;;) {
-    const v = await fn()
-    if (ok(v)) return v
-    if (Date.now() > end) throw new Error(`${what}: still ${JSON.stringify(v)} after ${timeoutMs} ms`)
-    await new Promise((r) => setTimeout(r, 100))
-  }
-}
 
 describe('relay rules (no network)', () => {
   it('rejects malformed rules without opening anything', async () => {

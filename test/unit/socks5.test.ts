@@ -2,7 +2,7 @@
 // lab with a real client (curl): a "gw" namespace hosting the server, a "net" namespace with web and TCP
 // services on IPv6 and IPv4 and a dnsmasq answering test names. Needs root for the namespaces.
 import { execFile } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -11,6 +11,7 @@ import { createLab, type Agent, type Lab } from '../../bench/netns.ts'
 import {
   encodeReply, isLocalTarget, parseGreeting, parseRequest, parseUserPass, REPLY, replyForError, type Parsed, type Socks5Stats,
 } from '../../lib/tunnels/socks5.ts'
+import { rssKiB, until } from './wait.ts'
 
 const AGENT = path.join(path.dirname(fileURLToPath(import.meta.url)), '../fixtures/socks5-agent.ts')
 
@@ -133,19 +134,7 @@ const IDLE_MS = 1500
 const HANDSHAKE_MS = 1000
 const HANDSHAKE_BYTES = 200
 
-function rssKiB(pid: number): number {
-  return Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1])
-}
 
-async function until<T>(what: string, fn: () => Promise<T>, ok: (v: T) => boolean, timeoutMs = 5000): Promise<T> {
-  const end = Date.now() + timeoutMs
-  for (;;) {
-    const v = await fn()
-    if (ok(v)) return v
-    if (Date.now() > end) throw new Error(`${what}: still ${JSON.stringify(v)} after ${timeoutMs} ms`)
-    await new Promise((r) => setTimeout(r, 100))
-  }
-}
 
 describe.skipIf(process.getuid?.() !== 0)('socks5 in a namespace lab (needs root for network namespaces; skipped otherwise)', () => {
   let lab: Lab

@@ -5,11 +5,15 @@ import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
+import { eui64Address } from '../../lib/addr/ipv6.ts'
 import { ConfigError, DEFAULT_PROBES, loadConfig } from '../../lib/core/config.ts'
+import { emptyData } from '../../lib/core/schema.ts'
 import { parsePing } from '../../lib/net/ping.ts'
 import { parseWgDump, wgPublicKey } from '../../lib/net/wireguard.ts'
+import { deviceTunnelAddresses, relayRules } from '../../lib/reach/relay-plan.ts'
 import { configuredTunnels, parseWgQuick, tunnelsProblem, WgConfigError, wgSetconfText } from '../../lib/tunnels/config.ts'
 import { choosePrimary, type Candidate } from '../../lib/tunnels/failover.ts'
+import { checkPort, PortError, portRules } from '../../lib/tunnels/ports.ts'
 import { latencyPenalty, newHealth, nextHealth, stats, verdict, type Check, type Health, type Thresholds } from '../../lib/tunnels/health.ts'
 
 const dir = mkdtempSync(path.join(tmpdir(), 'dg-tunnels-'))
@@ -233,5 +237,52 @@ describe('failover', () => {
   it('leaves a tunnel set down by a person, even when no other is healthy', () => {
     expect(choosePrimary([cand('a', 0, { usable: false }), cand('b', 1)], 'a', 0, O).primary).toBe('b')
     expect(choosePrimary([cand('a', 0, { usable: false }), cand('b', 1, { state: 'down' })], 'a', 0, O)).toEqual({ primary: undefined, reason: 'a is no longer usable and no tunnel is healthy' })
+  })
+})
+
+describe('devices in a tunnel prefix', () => {
+  it('gives a MAC its modified EUI-64 address in the first /64 of the prefix', () => {
+    expect(eui64Address('2001:db8:200::/48', '02:00:5e:10:00:01')).toBe('2001:db8:200::5eff:fe10:1')
+    expect(eui64Address('2001:db8:200:7::/64', 'a0:b1:c2:d3:e4:f5')).toBe('2001:db8:200:7:a2b1:c2ff:fed3:e4f5')
+    expect(() => eui64Address('2001:db8:200::/80', 'a0:b1:c2:d3:e4:f5')).toThrow(/no EUI-64/)
+  })
+
+  it('relays each active device on its tunnel address, and IPv6 forwards on the router addresses given', () => {
+    const data = emptyData()
+    const at = new Date().toISOString()
+    const device = (mac: string, status: 'active' | 'gone', lanIpv4: string) => ({ mac, status, statusChangedAt: at, firstSeen: at, lastSeen: at, lanIpv4, wanIpv6: [], attempts: 0 })
+    data.devices['02:00:5e:10:00:01'] = device('02:00:5e:10:00:01', 'active', '198.19.0.50')
+    data.devices['02:00:5e:10:00:02'] = device('02:00:5e:10:00:02', 'gone', '198.19.0.51')
+    const addresses = deviceTunnelAddresses(data, [{ iface: 'he0', prefix: '2001:db8:200::/48' }])
+    expect(addresses).toEqual([{ mac: '02:00:5e:10:00:01', iface: 'he0', address: '2001:db8:200::5eff:fe10:1' }])
+    const rules = relayRules(data, { relayPorts: [80], relayUdpPorts: [] }, ['2001:db8:100::2'], addresses)
+    expect(rules).toEqual([{ listen: { host: '2001:db8:200::5eff:fe10:1', port: 80 }, target: { host: '198.19.0.50', port: 80 }, proto: 'tcp' }])
+  })
+})
+
+describe('port maps (proxy mode)', () => {
+  const config = { apiPort: 5050 }
+  it('checks a request: ports, protocol, and what is taken', () => {
+    const data = emptyData()
+    const p = checkPort(data, config, { port: '2222', targetPort: 22 })
+    expect(p).toMatchObject({ port: 2222, targetPort: 22, proto: 'tcp' })
+    expect(checkPort(data, config, { port: 53, proto: 'udp' })).toMatchObject({ port: 53, targetPort: 53, proto: 'udp' })
+    data.ports.push(p)
+    expect(() => checkPort(data, config, { port: 2222 })).toThrow(/already offered/)
+    expect(checkPort(data, config, { port: 2222, proto: 'udp' }).proto).toBe('udp')
+    expect(() => checkPort(data, config, { port: 5050 })).toThrow(/API's port/)
+    expect(() => checkPort(data, config, { port: 0 })).toThrow(PortError)
+    expect(() => checkPort(data, config, { port: 80, targetPort: 'x' })).toThrow(/targetPort must be/)
+    expect(() => checkPort(data, config, { port: 80, proto: 'sctp' })).toThrow(/proto must be/)
+    data.forwards.push({ id: 'f1', gatewayPort: 8443, deviceIp: '198.19.0.5', devicePort: 443, proto: 'tcp', family: 'both', createdAt: new Date().toISOString() })
+    expect(() => checkPort(data, config, { port: 8443 })).toThrow(/IPv6 port forward/)
+  })
+
+  it('listens on every tunnel address, to the local service', () => {
+    const rules = portRules([{ id: 'a', port: 2222, targetPort: 22, proto: 'tcp', createdAt: new Date().toISOString() }], ['2001:db8:100::2', '2001:db8:101::2'])
+    expect(rules.map((r) => `${r.proto} [${r.listen.host}]:${r.listen.port} -> ${r.target.host}:${r.target.port}`)).toEqual([
+      'tcp [2001:db8:100::2]:2222 -> 127.0.0.1:22',
+      'tcp [2001:db8:101::2]:2222 -> 127.0.0.1:22',
+    ])
   })
 })

@@ -59,6 +59,8 @@ if (unavailable) {
       const failure = runFailure(run)
       if (failure) throw new Error(failure)
       console.info(`kernel lab: ${run.results.length} results from the VM in ${((run.vm?.ms ?? 0) / 1000).toFixed(1)} s, boot to power-off`)
+      // What the guest's tests measured (their lines start "kernel lab:").
+      for (const line of (run.vm?.console ?? '').split('\n')) if (line.startsWith('kernel lab: ')) console.info(line.trimEnd())
     })
 
     for (const file of files) {
