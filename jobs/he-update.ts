@@ -3,12 +3,13 @@
 // it changed since the broker last accepted it; stops a tunnel on a fatal answer until its HE settings
 // change, and backs off for hours on `abuse`. The tunnel's update key is read from its key file for each
 // request and goes nowhere but the Authorization header. Runs on a WAN IPv4 change and on a slow schedule.
-import type { Section } from '../lib/core/config.ts'
+import type { Config } from '../lib/core/config.ts'
 import { defineJob, runMain, type JobContext } from '../lib/core/job.ts'
 import { readOwnedFile, trustedOwners } from '../lib/core/safe-file.ts'
 import { isPublicIpv4 } from '../lib/addr/ipv4.ts'
 import { getLink, globalIpv4 } from '../lib/net/ip.ts'
 import { changeSit, getTunnelLink } from '../lib/net/tunnel.ts'
+import { configuredTunnels, sitSettings, type SitTunnel } from '../lib/tunnels/config.ts'
 import {
   basicAuth, FATAL_CODES, keyFromText, nextRecord, parseAnswer, printable, settingsFingerprint, shouldSend, updateUrl,
   type HeAnswer, type HeSettings, type Outcome,
@@ -41,21 +42,14 @@ export interface HeUpdateResult {
   tunnels: HeTunnelResult[]
 }
 
-interface HeTunnel { name: string; iface: string; local: string; remote: string; ttl: number; he: HeSettings }
+/** An enabled 6in4 tunnel with Hurricane Electric settings (config.ts checks they come together). */
+type HeTunnel = SitTunnel & { he: NonNullable<SitTunnel['he']> }
 
-/** Enabled 6in4 sections with all three HE options (config.ts checks they come together). */
-export function heTunnels(sections: Section[], url: string): HeTunnel[] {
-  return sections
-    .filter((s) => s.type === '6in4' && s.enabled === true && s.heTunnelId && s.heUsername && s.heKeyFile)
-    .map((s) => ({
-      name: s.name,
-      iface: String(s.iface),
-      local: String(s.local),
-      remote: String(s.remote),
-      ttl: Number(s.ttl),
-      he: { tunnelId: String(s.heTunnelId), username: String(s.heUsername), keyFile: String(s.heKeyFile), url },
-    }))
+export function heTunnels(config: Config): HeTunnel[] {
+  return configuredTunnels(config).filter((t): t is HeTunnel => t.type === '6in4' && t.enabled && t.he !== undefined)
 }
+
+const heSettings = (t: HeTunnel, url: string): HeSettings => ({ ...t.he, url })
 
 /** The update key, or why its file is refused (lib/core/safe-file.ts: root's, a regular file, private). */
 export async function readKeyFile(file: string): Promise<{ key: string } | { refused: string }> {
@@ -103,13 +97,14 @@ export async function sendUpdate(url: URL, authorization: string, fetchImpl: Fet
   }
 }
 
-/** With `local auto`, the sit interface's outer local address follows the WAN address. */
+/** With `local auto`, the sit interface's outer local address follows the WAN address (the tunnels job's rule). */
 async function followWan(ctx: JobContext, t: HeTunnel, wan: string): Promise<HeTunnelResult['local']> {
   if (t.local !== 'auto') return undefined
   const link = await getTunnelLink(ctx.sh, t.iface)
   if (!link || link.kind !== 'sit') return 'absent'
-  if (link.local === wan) return 'unchanged'
-  await changeSit(ctx.sh, { ifname: t.iface, local: wan, remote: t.remote, ttl: t.ttl })
+  const want = sitSettings(t, wan)!
+  if (link.local === want.local) return 'unchanged'
+  await changeSit(ctx.sh, want)
   ctx.log.info(`${t.name}: ${t.iface} local ${link.local ?? 'any'} -> ${wan}`)
   return 'changed'
 }
@@ -118,7 +113,8 @@ interface RunOptions { fetch?: Fetch; now?: () => Date }
 
 async function updateTunnel(ctx: JobContext, t: HeTunnel, wan: string, myip: boolean, o: RunOptions): Promise<HeTunnelResult> {
   const now = o.now ?? (() => new Date())
-  const settings = settingsFingerprint(t.he)
+  const he = heSettings(t, ctx.config.heUpdateUrl)
+  const settings = settingsFingerprint(he)
   const record = (await ctx.store.read()).heUpdates[t.name]
   const decision = shouldSend(record, { address: wan, settings, now: now() })
   if (!decision.send) {
@@ -128,15 +124,15 @@ async function updateTunnel(ctx: JobContext, t: HeTunnel, wan: string, myip: boo
     const local = decision.reason === 'unchanged' ? await followWan(ctx, t, wan) : undefined
     return { tunnel: t.name, action: 'skipped', reason, local, ...(decision.reason === 'stopped' ? { stopped: true as const } : {}) }
   }
-  const url = updateUrl(t.he.url, t.he.tunnelId, myip ? wan : undefined)
-  const read = await readKeyFile(t.he.keyFile)
+  const url = updateUrl(he.url, he.tunnelId, myip ? wan : undefined)
+  const read = await readKeyFile(he.keyFile)
   if ('refused' in read) {
     ctx.log.error(`${t.name}: not updating: key file ${read.refused}`)
     return { tunnel: t.name, action: 'refused', reason: `key file ${read.refused}`, url: url.href }
   }
   if (ctx.dryRun) return { tunnel: t.name, action: 'would-send', reason: decision.reason, url: url.href }
 
-  const sent = await sendUpdate(url, basicAuth(t.he.username, read.key), o.fetch)
+  const sent = await sendUpdate(url, basicAuth(he.username, read.key), o.fetch)
   const outcome: Outcome = 'error' in sent ? { error: true } : sent
   await ctx.store.update((d) => { d.heUpdates[t.name] = nextRecord(d.heUpdates[t.name], outcome, { address: wan, settings, now: now() }) })
   if ('error' in sent) {
@@ -163,7 +159,7 @@ async function updateTunnel(ctx: JobContext, t: HeTunnel, wan: string, myip: boo
 
 /** The job's work, with the network and the clock replaceable for tests. */
 export async function updateAll(ctx: JobContext, o: RunOptions = {}): Promise<HeUpdateResult> {
-  const tunnels = heTunnels(ctx.config.sections.tunnels ?? [], ctx.config.heUpdateUrl)
+  const tunnels = heTunnels(ctx.config)
   if (tunnels.length === 0) return { myip: false, tunnels: [] }
   const wan = globalIpv4(await getLink(ctx.sh, ctx.config.wanIf))
   if (!wan) {

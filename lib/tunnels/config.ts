@@ -93,6 +93,12 @@ export function deviceSubnet(prefix: string | undefined): string | undefined {
   return prefix && Number(prefix.split('/')[1]) <= 64 ? `${prefix.split('/')[0]}/64` : undefined
 }
 
+/** A sit tunnel's outer settings: `local auto` is the WAN's IPv4 (undefined while the WAN has none). */
+export function sitSettings(t: SitTunnel, wanIpv4: string | undefined): { ifname: string; local: string; remote: string; ttl: number } | undefined {
+  const local = t.local === 'auto' ? wanIpv4 : t.local
+  return local ? { ifname: t.iface, local, remote: t.remote, ttl: t.ttl } : undefined
+}
+
 export function configuredTunnels(config: Pick<Config, 'sections'>): Tunnel[] {
   return (config.sections.tunnels ?? []).map(tunnelFromSection)
 }

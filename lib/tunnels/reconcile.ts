@@ -30,7 +30,7 @@ import {
   type TunnelLink,
 } from '../net/tunnel.ts'
 import { addKernelWg, ensureTun, kernelHasWireguard, startWireguardGo, wireguardGoNameTaken, wgPublicKey, wgState, wgSyncconf, type WgState } from '../net/wireguard.ts'
-import { configuredTunnels, deviceSubnet, parseWgQuick, WgConfigError, tunnelsProblem, wgSetconfText, type SitTunnel, type Tunnel, type WgSettings, type WgTunnel } from './config.ts'
+import { configuredTunnels, deviceSubnet, parseWgQuick, sitSettings, WgConfigError, tunnelsProblem, wgSetconfText, type SitTunnel, type Tunnel, type WgSettings, type WgTunnel } from './config.ts'
 
 export interface TunnelsEnv {
   sh: Sh
@@ -112,9 +112,8 @@ interface Built {
 }
 
 async function ensureSit(env: TunnelsEnv, t: SitTunnel, link: TunnelLink | undefined, wan: string | undefined): Promise<Built> {
-  const local = t.local === 'auto' ? wan : t.local
-  if (!local) throw new TunnelConfigError(`local is auto and ${env.config.wanIf} has no IPv4 address`)
-  const want = { ifname: t.iface, local, remote: t.remote, ttl: t.ttl }
+  const want = sitSettings(t, wan)
+  if (!want) throw new TunnelConfigError(`local is auto and ${env.config.wanIf} has no IPv4 address`)
   let action: TunnelAction = 'unchanged'
   if (!link) {
     await addSit(env.sh, want)
