@@ -105,7 +105,8 @@ export function stopChild(child: ChildProcess, graceMs = 3000): Promise<void> {
   })
 }
 
-function connectAgent(child: ChildProcess, name: string): Promise<Agent> {
+/** Speaks serveAgent()'s protocol with a child started by other means (another lab's namespace). */
+export function connectAgent(child: ChildProcess, name: string, readyMs = 15_000): Promise<Agent> {
   let seq = 0
   const pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>()
   let stderr = ''
@@ -116,7 +117,7 @@ function connectAgent(child: ChildProcess, name: string): Promise<Agent> {
   }
   child.on('exit', (code, sig) => failAll(`exited (${code ?? sig})`))
   const ready = new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${name}: not ready in 15 s\n${stderr}`)), 15_000)
+    const timer = setTimeout(() => reject(new Error(`${name}: not ready in ${readyMs / 1000} s\n${stderr}`)), readyMs)
     child.once('exit', () => { clearTimeout(timer); reject(new Error(`${name}: exited before ready\n${stderr}`)) })
     createInterface({ input: child.stdout! }).on('line', (line) => {
       let m: { id?: number; ready?: boolean; ok?: boolean; result?: unknown; error?: string }

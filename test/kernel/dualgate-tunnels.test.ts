@@ -12,8 +12,11 @@ import type { Sh } from '../../lib/core/exec.ts'
 import { createLogger } from '../../lib/core/log.ts'
 import { openStore, type Store } from '../../lib/core/store.ts'
 import { startSupervisor, type Supervisor } from '../../lib/core/supervisor.ts'
+import { eui64Address } from '../../lib/addr/ipv6.ts'
+import { relayView, syncTunnelAddresses } from '../../lib/reach/relay-view.ts'
 import { reconcileTunnels } from '../../lib/tunnels/reconcile.ts'
 import { tunnelSupervisor, type TunnelStatus } from '../../lib/tunnels/supervisor.ts'
+import { connectAgent } from '../../bench/netns.ts'
 import { ROOT, until } from '../lab/gateway.ts'
 import { createLab, type Lab } from '../lab/lab.ts'
 import { nsSh } from '../lab/ns-sh.ts'
@@ -66,7 +69,7 @@ const sitOf = async () => (JSON.parse((await lab.exec(lab.router.ns, 'ip', ['-j'
 let tunnels: Record<string, unknown>[]
 
 beforeAll(async () => {
-  lab = await createLab({ mode: 'ipv4', devices: 0 })
+  lab = await createLab({ mode: 'ipv4', devices: 1 })
   sh = nsSh(lab.router.ns)
   const up = lab.upstream.ns
   const x = (args: string[]) => lab.exec(up, 'ip', args)
@@ -133,6 +136,34 @@ describe('6in4 and kernel WireGuard made by dualgate', () => {
     const out = await reconcileTunnels({ sh, config, store, log })
     expect(out.map((o) => o.action)).toEqual(['unchanged', 'unchanged'])
   })
+
+  it('an IPv4-only LAN device is reached from the IPv6 internet at its address in the 6in4 prefix', async () => {
+    // The device's identity upstream is not the point here (jobs cost ~15 s each in the VM): it is recorded
+    // active, and the relay's plan and addresses come from the product's code; the relay runs in the router.
+    const dev = lab.devices[0]
+    const at = new Date().toISOString()
+    await store.update((d) => {
+      d.devices[dev.mac] = { mac: dev.mac, status: 'active', statusChangedAt: at, firstSeen: at, lastSeen: at, lanIpv4: dev.lanIpv4, wanIpv6: [], attempts: 0 }
+    })
+    const view = await relayView(sh, config, await store.read())
+    expect(await syncTunnelAddresses(sh, view)).toBe(1)
+    const address = eui64Address(HE.prefix, dev.mac)
+    expect(view.rules).toContainEqual({ listen: { host: address, port: 80 }, target: { host: dev.lanIpv4, port: 80 }, proto: 'tcp' })
+    const child = spawn('ip', ['netns', 'exec', lab.router.ns, process.execPath, '--import=tsx', path.join(ROOT, 'test/fixtures/relay-agent.ts')], { stdio: 'pipe' })
+    // A tsx process start takes about 15 s in emulation.
+    const relay = await connectAgent(child, 'relay agent', 90_000).catch((err: unknown) => {
+      child.kill('SIGKILL')
+      throw err
+    })
+    try {
+      const applied = await relay.call<{ failed: unknown[] }>('relay.start', { opts: {}, rules: view.rules }, 60_000)
+      expect(applied.failed).toEqual([])
+      const page = await lab.exec(lab.upstream.ns, 'curl', ['-sS', '--max-time', '10', `http://[${address}]/`])
+      expect(page.stdout.trim()).toBe(`device ${dev.name} peer ${lab.router.lanIp}`)
+    } finally {
+      await relay.stop()
+    }
+  }, 120_000)
 
   it('measures latency: 150 ms of netem on the WAN gives the score of the 100-200 ms tier (75)', async () => {
     supervisor = startSupervisor(tunnelSupervisor, { store, config: () => config, sh, log: () => log })
