@@ -99,6 +99,8 @@ export type Port = z.infer<typeof portSchema>
 export const heUpdateSchema = z.object({
   /** The address the broker last accepted (answered good or nochg). */
   address: z.string().optional(),
+  /** The HE settings it was accepted with (a fingerprint, never the key): other settings send again. */
+  settings: z.string().optional(),
   /** The last answer, and when. */
   answer: z.string().optional(),
   at: isoTime.optional(),

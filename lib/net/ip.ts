@@ -9,7 +9,8 @@ export interface LinkInfo {
   carrier: boolean
   kind?: string
   parent?: string
-  addresses: { family: 4 | 6; address: string; prefixlen: number; scope: string }[]
+  /** `usable`: neither tentative (duplicate address detection under way) nor dadfailed. */
+  addresses: { family: 4 | 6; address: string; prefixlen: number; scope: string; usable: boolean }[]
 }
 
 interface IpAddrJson {
@@ -19,7 +20,7 @@ interface IpAddrJson {
   flags?: string[]
   link?: string
   linkinfo?: { info_kind?: string }
-  addr_info?: { family: string; local: string; prefixlen: number; scope: string }[]
+  addr_info?: { family: string; local: string; prefixlen: number; scope: string; tentative?: boolean; dadfailed?: boolean }[]
 }
 
 export function parseLinks(json: string): LinkInfo[] {
@@ -31,7 +32,13 @@ export function parseLinks(json: string): LinkInfo[] {
     carrier: (r.flags ?? []).includes('LOWER_UP'),
     kind: r.linkinfo?.info_kind,
     parent: r.link,
-    addresses: (r.addr_info ?? []).map((a) => ({ family: a.family === 'inet6' ? 6 : 4, address: a.local, prefixlen: a.prefixlen, scope: a.scope })),
+    addresses: (r.addr_info ?? []).map((a) => ({
+      family: a.family === 'inet6' ? 6 : 4,
+      address: a.local,
+      prefixlen: a.prefixlen,
+      scope: a.scope,
+      usable: !a.tentative && !a.dadfailed,
+    })),
   }))
 }
 

@@ -66,6 +66,7 @@ export function shouldSend(record: HeUpdate | undefined, o: { address: string; s
     return { send: true, reason: 'settings changed' }
   }
   if (record.backoffUntil && Date.parse(record.backoffUntil) > o.now.getTime()) return { send: false, reason: 'backing off', until: record.backoffUntil }
+  if (record.settings !== undefined && record.settings !== o.settings) return { send: true, reason: 'settings changed' }
   if (record.address === o.address) return { send: false, reason: 'unchanged' }
   return { send: true, reason: record.address ? 'address changed' : 'first update' }
 }
@@ -74,7 +75,7 @@ export function shouldSend(record: HeUpdate | undefined, o: { address: string; s
 export type Outcome = { answer: HeAnswer } | { error: true }
 
 /**
- * The record after an update: good/nochg remember the address and clear any stop or back-off; a fatal
+ * The record after an update: good/nochg remember the address and the settings and clear any stop or back-off; a fatal
  * answer stops the tunnel for these settings; abuse backs off; 911, unknown answers and errors change only
  * answer and at, so the next run tries again.
  */
@@ -82,7 +83,7 @@ export function nextRecord(prev: HeUpdate | undefined, outcome: Outcome, o: { ad
   const at = o.now.toISOString()
   if ('error' in outcome) return { ...prev, answer: 'error', at }
   const { code, text } = outcome.answer
-  if (code === 'good' || code === 'nochg') return { address: o.address, answer: text, at }
+  if (code === 'good' || code === 'nochg') return { address: o.address, settings: o.settings, answer: text, at }
   const { stopped: _stopped, backoffUntil: _backoff, ...rest } = prev ?? {}
   if (FATAL_CODES.includes(code)) return { ...rest, answer: code, at, stopped: { answer: code, settings: o.settings } }
   if (code === 'abuse') return { ...rest, answer: code, at, backoffUntil: new Date(o.now.getTime() + ABUSE_BACKOFF_MS).toISOString() }

@@ -220,7 +220,7 @@ export const tunnelSupervisor = defineSupervisor({
       const addresses = list.flatMap((t, i) => (links[i]?.addresses ?? [])
         .filter((a) => {
           const devices = deviceSubnet(tunnels.find((x) => x.name === t.name)?.prefix)
-          return a.family === 6 && a.scope === 'global' && !(devices && a.prefixlen === 128 && inPrefix6(a.address, devices))
+          return a.family === 6 && a.scope === 'global' && a.usable && !(devices && a.prefixlen === 128 && inPrefix6(a.address, devices))
         })
         .map((a) => ({ address: a.address, prefixlen: a.prefixlen, tunnel: t.name, primary: t.primary, reachable: isReachable(t) })))
       return { addresses, prefixes }

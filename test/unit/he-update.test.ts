@@ -66,6 +66,13 @@ describe('the record and when to send', () => {
     expect(shouldSend({ answer: '911', at }, { address: '100.128.0.1', settings, now })).toMatchObject({ send: true })
   })
 
+  it('remembers the settings an update was accepted with, and sends again when they change', () => {
+    const accepted = nextRecord(undefined, { answer: parseAnswer('good 100.128.0.1') }, { address: '100.128.0.1', settings, now })
+    expect(accepted.settings).toBe(settings)
+    expect(shouldSend(accepted, { address: '100.128.0.1', settings, now })).toMatchObject({ send: false, reason: 'unchanged' })
+    expect(shouldSend(accepted, { address: '100.128.0.1', settings: 'fp2', now })).toMatchObject({ send: true, reason: 'settings changed' })
+  })
+
   it('stays stopped after a fatal answer until the settings change', () => {
     const stopped = nextRecord(good, { answer: parseAnswer('badauth') }, { address: '100.128.0.2', settings, now })
     expect(stopped).toEqual({ address: '100.128.0.1', answer: 'badauth', at, stopped: { answer: 'badauth', settings } })
@@ -90,7 +97,7 @@ describe('the record and when to send', () => {
     expect(nextRecord(backingOff, { answer: parseAnswer('huh') }, o)).toEqual({ ...backingOff, answer: 'unknown', at: later.toISOString() })
     expect(nextRecord(backingOff, { error: true }, o)).toEqual({ ...backingOff, answer: 'error', at: later.toISOString() })
     const stopped = { ...good, stopped: { answer: 'badauth', settings: 'old' }, backoffUntil: at }
-    expect(nextRecord(stopped, { answer: parseAnswer('nochg 100.128.0.2') }, o)).toEqual({ address: '100.128.0.2', answer: 'nochg 100.128.0.2', at: later.toISOString() })
+    expect(nextRecord(stopped, { answer: parseAnswer('nochg 100.128.0.2') }, o)).toEqual({ address: '100.128.0.2', settings, answer: 'nochg 100.128.0.2', at: later.toISOString() })
   })
 
   it('fingerprints every HE setting', () => {

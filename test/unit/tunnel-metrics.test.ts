@@ -188,7 +188,7 @@ describe('the tunnel supervisor reports', () => {
     expect(parts.health?.()).toBeUndefined()
   })
 
-  it('GET /v6/address: global IPv6 addresses on each link and routed prefixes, not yet reachable before a check', async () => {
+  it('GET /v6/address: usable global IPv6 addresses on each link and routed prefixes, not yet reachable before a check', async () => {
     const parts = supervisorWith([
       { name: 'wga', type: 'external', iface: 'wga', probe: ['2001:db8:ff::10'], prefix: '2001:db8:a0::/48' },
       { name: 'gone', type: 'external', iface: 'gone0', probe: ['2001:db8:ff::10'] },
@@ -196,6 +196,9 @@ describe('the tunnel supervisor reports', () => {
       wga: {
         ifname: 'wga', flags: ['UP'], addr_info: [
           { family: 'inet6', local: '2001:db8:a::2', prefixlen: 64, scope: 'global' },
+          // Not usable yet (duplicate address detection under way), or never (a duplicate).
+          { family: 'inet6', local: '2001:db8:a::3', prefixlen: 64, scope: 'global', tentative: true },
+          { family: 'inet6', local: '2001:db8:a::4', prefixlen: 64, scope: 'global', dadfailed: true, tentative: true },
           { family: 'inet6', local: 'fe80::1', prefixlen: 64, scope: 'link' },
           { family: 'inet', local: '198.18.5.1', prefixlen: 30, scope: 'global' },
         ],
