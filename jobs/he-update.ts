@@ -3,13 +3,12 @@
 // it changed since the broker last accepted it; stops a tunnel on a fatal answer until its HE settings
 // change, and backs off for hours on `abuse`. The tunnel's update key is read from its key file for each
 // request and goes nowhere but the Authorization header. Runs on a WAN IPv4 change and on a slow schedule.
-import type { Config } from '../lib/core/config.ts'
 import { defineJob, runMain, type JobContext } from '../lib/core/job.ts'
 import { readOwnedFile, trustedOwners } from '../lib/core/safe-file.ts'
 import { isPublicIpv4 } from '../lib/addr/ipv4.ts'
 import { getLink, globalIpv4 } from '../lib/net/ip.ts'
 import { changeSit, getTunnelLink } from '../lib/net/tunnel.ts'
-import { configuredTunnels, sitSettings, type SitTunnel } from '../lib/tunnels/config.ts'
+import { heTunnels, sitSettings, type HeTunnel } from '../lib/tunnels/config.ts'
 import {
   basicAuth, FATAL_CODES, keyFromText, nextRecord, parseAnswer, printable, settingsFingerprint, shouldSend, updateUrl,
   type HeAnswer, type HeSettings, type Outcome,
@@ -40,13 +39,6 @@ export interface HeUpdateResult {
   /** Whether the WAN IPv4 was sent as myip (a public address), or left to the broker (behind NAT). */
   myip: boolean
   tunnels: HeTunnelResult[]
-}
-
-/** An enabled 6in4 tunnel with Hurricane Electric settings (config.ts checks they come together). */
-type HeTunnel = SitTunnel & { he: NonNullable<SitTunnel['he']> }
-
-export function heTunnels(config: Config): HeTunnel[] {
-  return configuredTunnels(config).filter((t): t is HeTunnel => t.type === '6in4' && t.enabled && t.he !== undefined)
 }
 
 const heSettings = (t: HeTunnel, url: string): HeSettings => ({ ...t.he, url })

@@ -35,7 +35,9 @@ const cidr = z.string().refine((v) => {
   if (extra !== undefined || !/^\d{1,3}$/.test(len ?? '')) return false
   return isIpv4(a) ? Number(len) <= 32 : parseIpv6(a) !== undefined && Number(len) <= 128
 }, 'expected an address with its prefix length, such as 2001:db8::2/64 or 10.0.0.2/32')
-const wgKey = z.string().regex(/^$|^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$/, 'not a WireGuard key (44 characters of base64)')
+/** A WireGuard key: 32 bytes in base64 (the last character carries 4 bits, hence its short alphabet). */
+export const WG_KEY = /^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$/
+const wgKey = z.string().refine((v) => v === '' || WG_KEY.test(v), 'not a WireGuard key (44 characters of base64)')
 const endpoint = z.string().regex(/^$|^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253}):\d{1,5}$/, 'expected host:port or [IPv6]:port')
 const checked = (why: (v: string) => string | undefined) => z.string().superRefine((v, ctx) => {
   const message = why(v)
@@ -125,7 +127,7 @@ const spec = {
   runnerService: [z.string(), ''],
   /** Seconds between health checks of each tunnel (lib/tunnels/health.ts); each check pings every probe target. */
   tunnelProbeInterval: [int(1, 3600), 10],
-  /** Echo requests to each target per check, and how long to wait for the last reply (s). */
+  /** Echo requests to each target per check, and how long a check may take (s): a failing one ends then. */
   tunnelProbeCount: [int(1, 20), 3],
   tunnelProbeTimeout: [int(1, 30), 2],
   /** Failed checks (net of good ones, as mwan3 counts) that take a tunnel down, and good checks that bring it up. */
@@ -143,6 +145,8 @@ const spec = {
   tunnelHealthyScore: [int(0, 100), 50],
   /** Seconds a preferred tunnel must stay healthy before traffic fails back to it. */
   tunnelHoldTime: [int(0, 86_400), 60],
+  /** Metric of the default IPv6 route through the primary tunnel: below an RA's 1024, so the tunnel wins. */
+  tunnelRouteMetric: [int(1, 65_535), 512],
   /** Hurricane Electric's update URL (jobs/he-update.ts); the lab points it at a fake broker. */
   heUpdateUrl: [z.string().url('expected a URL'), 'https://ipv4.tunnelbroker.net/nic/update'],
   /** A SOCKS5 server (RFC 1928/1929) for applications on this host: names resolved preferring AAAA, so through the tunnel. */
@@ -152,8 +156,6 @@ const spec = {
   /** DNS servers the SOCKS5 server asks (IP addresses); empty: the system's resolver. */
   socks5Dns: [list(z.string().regex(/^[0-9A-Fa-f:.]+$/, 'expected an IP address')), []],
   socks5MaxConnections: [int(1, 65_536), 256],
-  /** Metric of the default IPv6 route through the primary tunnel: below an RA's 1024, so the tunnel wins. */
-  tunnelRouteMetric: [int(1, 65_535), 512],
 } as const
 
 type Spec = typeof spec
@@ -273,6 +275,7 @@ const DEFAULT_SCHEDULES: Record<string, string> = {
   'prune-stale': '*/5 * * * *',
   'refresh-proxies': '*/5 * * * *',
   diagnose: '17 * * * *',
+  tunnels: '*/5 * * * *',
   'he-update': '*/15 * * * *',
 }
 

@@ -1,6 +1,8 @@
-// Kernel tunnels over iproute2: sit (6in4) links and their settings. Parsing is separate and pure.
+// Kernel tunnels over iproute2: sit (6in4) links and their settings, tunnel links' addresses, and the routing
+// of tunnels (a table and rules each, the default IPv6 route, a pinned route to a broker). Parsing is pure.
 import { inPrefix6 } from '../addr/ipv6.ts'
 import type { Sh } from '../core/exec.ts'
+import { getLink } from './ip.ts'
 import { listRules, type RuleJson } from './route.ts'
 
 export interface SitSettings {
@@ -77,11 +79,8 @@ export async function addAddresses(sh: Sh, ifname: string, want: string[], have:
 
 /** Removes the /128 addresses on a link that lie in `subnet`. */
 export async function removeAddressesIn(sh: Sh, ifname: string, subnet: string): Promise<void> {
-  const { stdout, code } = await sh.query('ip', ['-j', '-6', 'addr', 'show', 'dev', ifname], { nothrow: true })
-  if (code !== 0) return
-  const rows = JSON.parse(stdout || '[]') as { addr_info?: { local: string; prefixlen: number }[] }[]
-  for (const a of rows.flatMap((r) => r.addr_info ?? [])) {
-    if (a.prefixlen === 128 && inPrefix6(a.local, subnet)) await sh.apply('ip', ['-6', 'addr', 'del', `${a.local}/128`, 'dev', ifname], { nothrow: true })
+  for (const a of (await getLink(sh, ifname))?.addresses ?? []) {
+    if (a.family === 6 && a.prefixlen === 128 && inPrefix6(a.address, subnet)) await sh.apply('ip', ['-6', 'addr', 'del', `${a.address}/128`, 'dev', ifname], { nothrow: true })
   }
 }
 

@@ -66,6 +66,8 @@ export function checkForward(data: Data, config: Config, req: ForwardRequest, li
   if (!Object.values(data.devices).some((d) => d.lanIpv4 === deviceIp && d.status !== 'gone')) throw new ForwardError(`no known device has the address ${deviceIp}`)
   const clash = data.forwards.find((f) => f.gatewayPort === gatewayPort && f.proto === proto && families(f.family).some((x) => families(family as Forward['family']).includes(x)))
   if (clash) throw new ForwardError(`gateway port ${proto}/${gatewayPort} is already forwarded to ${clash.deviceIp}:${clash.devicePort} (forward ${clash.id})`, 409)
+  const offered = family !== '4' && data.ports.find((p) => p.port === gatewayPort && p.proto === proto)
+  if (offered) throw new ForwardError(`gateway port ${proto}/${gatewayPort} offers a local service on the tunnels' IPv6 (port ${offered.id}); an IPv6 forward would listen there too`, 409)
   const own = routerPortProblem(data, config, proto, gatewayPort, listening)
   if (own) throw new ForwardError(own, 409)
   return { id: randomBytes(4).toString('hex'), gatewayPort, deviceIp, devicePort, proto, family: family as Forward['family'], createdAt: now.toISOString() }

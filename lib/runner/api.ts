@@ -4,16 +4,13 @@
 import { getRouterParam, HTTPError } from 'h3'
 import { badRequest, createApi, notFound, readJson, type ApiContext, type ApiOptions, type ApiRoute, type RunnerControl } from '../core/api.ts'
 import { EventError, parseEvent, type HookEvent } from '../core/event.ts'
+import { labelValue } from '../core/prometheus.ts'
 import { DEVICE_STATUSES, type Data } from '../core/schema.ts'
 import type { Supervisor } from '../core/supervisor.ts'
 import { deviceRoutes } from '../devices/routes.ts'
 import { countDevices } from '../devices/status.ts'
 import { forwardRoutes } from '../reach/routes.ts'
 import { portRoutes } from '../tunnels/routes.ts'
-
-function escapeLabel(v: string): string {
-  return v.replaceAll('\\', '\\\\').replaceAll('"', '\\"').replaceAll('\n', '\\n')
-}
 
 /** Prometheus text exposition format 0.0.4. */
 export function metrics(data: Data, jobNames: string[]): string {
@@ -26,7 +23,7 @@ export function metrics(data: Data, jobNames: string[]): string {
   family('dualgate_devices', 'gauge', 'Devices in the store, by status.', DEVICE_STATUSES.map((s) => [`{status="${s}"}`, counts[s]]))
   family('dualgate_forwards', 'gauge', 'Port forwards in the store.', [['', data.forwards.length]])
   const jobs = [...new Set([...jobNames, ...Object.keys(data.jobs)])].sort()
-  const label = (job: string) => `{job="${escapeLabel(job)}"}`
+  const label = (job: string) => `{job="${labelValue(job)}"}`
   family('dualgate_job_runs_total', 'counter', 'Job runs recorded.', jobs.map((j) => [label(j), data.jobs[j]?.runs ?? 0]))
   family('dualgate_job_failures_total', 'counter', 'Job runs that failed.', jobs.map((j) => [label(j), data.jobs[j]?.failures ?? 0]))
   family('dualgate_job_last_run_timestamp_seconds', 'gauge', 'Start of the last run of each job (Unix time).',

@@ -4,6 +4,7 @@
 // install, diagnose --fix, port-forward or any job that takes arguments.
 import type { Config } from '../core/config.ts'
 import type { HookEvent } from '../core/event.ts'
+import { hasTunnels } from '../tunnels/config.ts'
 
 export interface EventRule {
   /** Hook sources this row matches (the first argument of dualgate-event). */
@@ -31,7 +32,7 @@ export const EVENT_RULES: EventRule[] = [
   // OpenWrt /etc/hotplug.d/iface, ifupdown hooks: the WAN came, went or changed address.
   { sources: ['iface'], events: ['ifup', 'ifdown', 'ifupdate'], when: isWan, jobs: ['acquire-leases'] },
   // With tunnels, a 6in4 tunnel's local address follows the WAN's, and Hurricane Electric hears of it.
-  { sources: ['iface'], events: ['ifup', 'ifupdate'], when: (e, c) => isWan(e, c) && (c.sections.tunnels?.length ?? 0) > 0, jobs: ['tunnels', 'he-update'] },
+  { sources: ['iface'], events: ['ifup', 'ifupdate'], when: (e, c) => isWan(e, c) && hasTunnels(c), jobs: ['tunnels', 'he-update'] },
   // The DHCP clients of the per-device macvlans report bound, renew, expiry and loss.
   { sources: ['udhcpc', 'udhcpc6', 'dhclient', 'dhclient6', 'odhcpc', 'odhcp6c', 'dhcp'], jobs: ['acquire-leases'] },
 ]

@@ -23,12 +23,13 @@ import { clatSupervisor } from '../clat/supervisor.ts'
 import { nat64Supervisor } from '../nat64/supervisor.ts'
 import { relaySupervisor } from '../reach/relay-supervisor.ts'
 import { socks5Supervisor } from '../tunnels/socks5-supervisor.ts'
+import { hasTunnels } from '../tunnels/config.ts'
 import { tunnelSupervisor } from '../tunnels/supervisor.ts'
 import { createRunnerApi } from './api.ts'
 import { addBounded, createQueue, MAX_PENDING, type Batch, type Item } from './queue.ts'
 import { recordRun } from './record.ts'
 import { EVENT_JOBS, jobsFor } from './event-jobs.ts'
-import { scheduleJobs, type Schedule } from './schedule.ts'
+import { scheduleJobs, wantedSchedules, type Schedule } from './schedule.ts'
 import { spawnJob, type ChildRun } from './spawn.ts'
 import { cleanSpool, readSpool, spoolDir, watchSpool, writeSpool, type SpoolWatcher } from '../core/spool.ts'
 
@@ -225,7 +226,7 @@ async function main(): Promise<void> {
   const server = serve(app, { hostname: config.apiHost, port: config.apiPort, manual: true, silent: true, gracefulShutdown: false, node: serverOptions(API_LIMITS) })
   if (server.node?.server) guardServer(server.node.server as HttpServer, API_LIMITS)
   let schedule: Schedule | undefined
-  const startSchedule = () => scheduleJobs(config.schedules, (j) => !!jobFile(j), (job) => request(job, { items: [], triggers: ['cron'] }), (m) => log.info(m))
+  const startSchedule = () => scheduleJobs(wantedSchedules(config), (j) => !!jobFile(j), (job) => request(job, { items: [], triggers: ['cron'] }), (m) => log.info(m))
   let watcher: SpoolWatcher | undefined
 
   async function shutdown(signal: string): Promise<void> {
@@ -291,7 +292,8 @@ async function main(): Promise<void> {
   watcher = watchSpool(spool, () => void drain())
   await drain()
   if (jobFile('refresh-proxies')) request('refresh-proxies', { items: [], triggers: ['start'] })
-  if (config.sections.tunnels?.length && jobFile('tunnels')) request('tunnels', { items: [], triggers: ['start'] })
+  // Tunnels to make, or records of tunnels config no longer has to take down.
+  if ((hasTunnels(config) || Object.keys((await store.read()).tunnels).length > 0) && jobFile('tunnels')) request('tunnels', { items: [], triggers: ['start'] })
   log.info(`runner ${packageVersion()} up (pid ${process.pid}): API on http://${config.apiHost.includes(':') ? `[${config.apiHost}]` : config.apiHost}:${config.apiPort}, ${jobs.size} jobs, data in ${dataDir}`)
 }
 

@@ -1,6 +1,19 @@
 // Cron triggers from config.schedules (an empty expression disables a job's schedule). A trigger only asks
 // the queue for a run; the queue keeps a job from overlapping itself.
 import { createTask, type ScheduledTask } from 'node-cron'
+import type { Config } from '../core/config.ts'
+import { hasTunnels, heTunnels } from '../tunnels/config.ts'
+
+/** Jobs that have nothing to keep on a host without what they serve: their schedule starts no process there. */
+const NEEDED: Record<string, (c: Config) => boolean> = {
+  tunnels: hasTunnels,
+  'he-update': (c) => heTunnels(c).length > 0,
+}
+
+/** config.schedules without the jobs this host has no use for (SIGHUP rebuilds the schedule). */
+export function wantedSchedules(config: Pick<Config, 'schedules' | 'sections'>): Record<string, string> {
+  return Object.fromEntries(Object.entries(config.schedules).filter(([job]) => NEEDED[job]?.(config as Config) ?? true))
+}
 
 export interface Schedule { stop(): void }
 

@@ -1,6 +1,6 @@
 // The tunnels as config declares them (`config tunnel` sections, checked in lib/core/config.ts), typed per
 // kind, and the WireGuard settings from a wg-quick style file. Pure: files are read by the caller.
-import type { Config, Section } from '../core/config.ts'
+import { WG_KEY, type Config, type Section } from '../core/config.ts'
 
 interface Common {
   name: string
@@ -99,8 +99,21 @@ export function sitSettings(t: SitTunnel, wanIpv4: string | undefined): { ifname
   return local ? { ifname: t.iface, local, remote: t.remote, ttl: t.ttl } : undefined
 }
 
+/** Whether config has any tunnel (the tunnels job and the HE updater have nothing to do without one). */
+export function hasTunnels(config: Pick<Config, 'sections'>): boolean {
+  return (config.sections.tunnels?.length ?? 0) > 0
+}
+
 export function configuredTunnels(config: Pick<Config, 'sections'>): Tunnel[] {
   return (config.sections.tunnels ?? []).map(tunnelFromSection)
+}
+
+/** An enabled 6in4 tunnel with Hurricane Electric settings (the config checks they come together). */
+export type HeTunnel = SitTunnel & { he: NonNullable<SitTunnel['he']> }
+
+/** The tunnels jobs/he-update.ts keeps the broker told about. */
+export function heTunnels(config: Pick<Config, 'sections'>): HeTunnel[] {
+  return configuredTunnels(config).filter((t): t is HeTunnel => t.type === '6in4' && t.enabled && t.he !== undefined)
 }
 
 /** Two tunnels may not share an interface; checked here since sections are checked one at a time. */
@@ -125,7 +138,6 @@ export interface WgQuickFile {
 
 export class WgConfigError extends Error {}
 
-const WG_KEY = /^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$/
 const splitList = (v: string) => v.split(',').map((x) => x.trim()).filter(Boolean)
 
 /**

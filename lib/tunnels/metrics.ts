@@ -1,14 +1,11 @@
 // The tunnels' part of GET /metrics: Prometheus text exposition format 0.0.4, from the runner's in-memory
 // view of each tunnel (lib/tunnels/supervisor.ts). Pure. A family without samples is left out, and so is a
 // sample whose value is unknown (no latency without a reply, no byte counters before the first check).
+import { labelValue } from '../core/prometheus.ts'
 import type { TunnelStatus } from './supervisor.ts'
 
 export type TunnelSample = Pick<TunnelStatus, 'name' | 'type' | 'iface' | 'state' | 'score' | 'latencyMs' | 'lossPct' | 'primary' | 'rxBytes' | 'txBytes'>
 
-/** A label value as the exposition format wants it: backslash, double quote and line feed escaped. */
-export function labelValue(v: string): string {
-  return v.replaceAll('\\', '\\\\').replaceAll('"', '\\"').replaceAll('\n', '\\n')
-}
 
 export function tunnelMetrics(tunnels: TunnelSample[], failovers: number): string {
   if (tunnels.length === 0) return ''

@@ -2,9 +2,9 @@
 // the configured name that is already right, changes what differs, removes what dualgate made and config
 // no longer has. An external tunnel's link is watched and routed, never created or removed. Every change
 // goes through `sh.apply`, so a dry run prints the plan; a run that finds everything right changes nothing.
-import { mkdir } from 'node:fs/promises'
+import { mkdir, readFile } from 'node:fs/promises'
 import path from 'node:path'
-import type { Config } from '../core/config.ts'
+import { WG_KEY, type Config } from '../core/config.ts'
 import type { Sh } from '../core/exec.ts'
 import type { Logger } from '../core/log.ts'
 import { readOwnedFile, trustedOwners } from '../core/safe-file.ts'
@@ -63,6 +63,13 @@ async function readSecretFile(file: string, what: string): Promise<string> {
   return read.text
 }
 
+/** A key file's key; what it holds otherwise is never repeated. */
+async function readKey(file: string, what: string): Promise<string> {
+  const key = (await readSecretFile(file, what)).trim()
+  if (!WG_KEY.test(key)) throw new TunnelConfigError(`${what} ${file} does not hold a WireGuard key (44 characters of base64, as wg genkey writes)`)
+  return key
+}
+
 /** WireGuard keys and peers, and the addresses and MTU, from the section or its wg-quick file. */
 async function wgSettings(t: WgTunnel): Promise<{ settings: WgSettings; address: string[]; mtu: number; ignored: string[] }> {
   if ('wgConfig' in t.source) {
@@ -70,8 +77,8 @@ async function wgSettings(t: WgTunnel): Promise<{ settings: WgSettings; address:
     return { settings: file.settings, address: t.address.length > 0 ? t.address : file.address, mtu: file.mtu ?? t.mtu, ignored: file.ignored }
   }
   const s = t.source
-  const privateKey = (await readSecretFile(s.privateKeyFile, 'private_key_file')).trim()
-  const presharedKey = s.presharedKeyFile ? (await readSecretFile(s.presharedKeyFile, 'preshared_key_file')).trim() : undefined
+  const privateKey = await readKey(s.privateKeyFile, 'private_key_file')
+  const presharedKey = s.presharedKeyFile ? await readKey(s.presharedKeyFile, 'preshared_key_file') : undefined
   return { settings: { privateKey, listenPort: s.listenPort, peers: [{ ...s.peer, presharedKey }] }, address: t.address, mtu: t.mtu, ignored: [] }
 }
 
@@ -134,7 +141,7 @@ async function ensureSit(env: TunnelsEnv, t: SitTunnel, link: TunnelLink | undef
 
 async function ensureWg(env: TunnelsEnv, t: WgTunnel, link: TunnelLink | undefined, record: TunnelRecord | undefined): Promise<Built> {
   const want = await wgSettings(t)
-  if (want.ignored.length > 0) env.log.debug(`tunnel ${t.name}: ${t.source && 'wgConfig' in t.source ? t.source.wgConfig : ''}: not acting on ${want.ignored.join(', ')}`)
+  if (want.ignored.length > 0) env.log.debug(`tunnel ${t.name}: not acting on ${want.ignored.join(', ')} of its wg-quick file`)
   let action: TunnelAction = 'unchanged'
   let backend: Built['backend']
   let pid = record?.pid
@@ -181,14 +188,10 @@ function tunnelIfaces(config: Config): string[] {
   return configuredTunnels(config).map((t) => t.iface)
 }
 
-function pidAlive(pid: number | undefined): boolean {
-  if (!pid) return false
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
+/** Whether `pid` is still the wireguard-go we started for `ifname` (after a reboot the number is someone else's). */
+async function isOurWireguardGo(pid: number, ifname: string): Promise<boolean> {
+  const argv = await readFile(`/proc/${pid}/cmdline`, 'utf8').then((t) => t.split('\0'), (): string[] => [])
+  return argv.some((a) => a.endsWith('wireguard-go')) && argv.includes(ifname)
 }
 
 /** Takes down what dualgate made for a tunnel: its link (unless external), its routing, its broker route. */
@@ -197,9 +200,9 @@ async function removeTunnel(env: TunnelsEnv, name: string, record: TunnelRecord)
   if (record.owned) {
     await deleteLink(env.sh, record.iface)
     // wireguard-go exits when its TUN goes; one that did not is ours (its pid is in the store) to stop.
-    if (record.pid && pidAlive(record.pid) && !env.sh.dryRun) {
+    if (record.pid && !env.sh.dryRun) {
       await new Promise((r) => setTimeout(r, 200))
-      if (pidAlive(record.pid)) process.kill(record.pid, 'SIGTERM')
+      if (await isOurWireguardGo(record.pid, record.iface)) process.kill(record.pid, 'SIGTERM')
     }
   }
   if (record.remote) await unpinHostRoute4(env.sh, record.remote)

@@ -74,6 +74,15 @@ describe('forwards and the router\'s own ports', () => {
     expect((await store.read()).forwards).toEqual([])
   })
 
+  it('refuses an IPv6 forward on a port the tunnels\' proxy mode offers, and takes an IPv4-only one', async () => {
+    const { config, store } = setup()
+    await store.update((d) => { d.ports.push({ id: 'p1', port: 2222, proto: 'tcp', targetPort: 22, createdAt: new Date().toISOString() }) })
+    const err = await refusal(addForwards(store, config, [{ gatewayPort: 2222, deviceIp: DEVICE_IP, devicePort: 22 }]))
+    expect(err.status).toBe(409)
+    expect(err.message).toContain('offers a local service on the tunnels\' IPv6 (port p1)')
+    expect(await addForwards(store, config, [{ gatewayPort: 2222, deviceIp: DEVICE_IP, devicePort: 22, family: '4' }])).toHaveLength(1)
+  })
+
   it('the API answers 409 with the reason', async () => {
     const { config, store } = setup()
     const api = createRunnerApi({ store, config })

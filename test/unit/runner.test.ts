@@ -13,6 +13,7 @@ import { parseEvent, toPayload } from '../../lib/core/event.ts'
 import { createCoalescer } from '../../lib/runner/coalescer.ts'
 import { addBounded, createQueue, MAX_PENDING, type Batch, type Item } from '../../lib/runner/queue.ts'
 import { jobsFor } from '../../lib/runner/event-jobs.ts'
+import { wantedSchedules } from '../../lib/runner/schedule.ts'
 import { parseData, type Data } from '../../lib/core/schema.ts'
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
@@ -182,6 +183,17 @@ describe('routing and payloads', () => {
     const withTunnels = { ...config, sections: { tunnels: [{ name: 'he', type: '6in4' }] } }
     expect(jobsFor(ev({ source: 'iface', event: 'ifupdate', env: { INTERFACE: 'wan', DEVICE: 'eth0' } }), withTunnels)).toEqual(['acquire-leases', 'tunnels', 'he-update'])
     expect(jobsFor(ev({ source: 'iface', event: 'ifdown', env: { INTERFACE: 'wan', DEVICE: 'eth0' } }), withTunnels)).toEqual(['acquire-leases'])
+  })
+
+  it('schedules the tunnels job and the HE updater only where tunnels are configured (no process every few minutes for nothing)', () => {
+    expect(Object.keys(wantedSchedules(config))).not.toContain('tunnels')
+    expect(Object.keys(wantedSchedules(config))).not.toContain('he-update')
+    expect(Object.keys(wantedSchedules(config))).toContain('scan-arp')
+    const sit = { name: 'he', type: '6in4', iface: 'he0', enabled: true, priority: 0, probe: ['2001:db8::1'], remote: '198.18.0.1', local: 'auto', address: ['2001:db8::2/64'], prefix: '', mtu: 0, ttl: 64 }
+    expect(Object.keys(wantedSchedules({ ...config, sections: { tunnels: [sit] } }))).toEqual(expect.arrayContaining(['tunnels']))
+    expect(Object.keys(wantedSchedules({ ...config, sections: { tunnels: [sit] } }))).not.toContain('he-update')
+    const he = { ...sit, heTunnelId: '1', heUsername: 'me', heKeyFile: '/k' }
+    expect(Object.keys(wantedSchedules({ ...config, sections: { tunnels: [he] } }))).toEqual(expect.arrayContaining(['tunnels', 'he-update']))
     // An event never starts a job that is not a reconciler, whatever it names.
     for (const job of ['diagnose', 'install', 'port-forward', 'config']) expect(jobsFor(ev({ source: 'dnsmasq', event: 'add', job }), config)).toEqual([])
   })

@@ -10,7 +10,8 @@ import type { Sh } from '../../lib/core/exec.ts'
 import type { Logger } from '../../lib/core/log.ts'
 import { emptyData } from '../../lib/core/schema.ts'
 import type { Store } from '../../lib/core/store.ts'
-import { labelValue, tunnelMetrics, type TunnelSample } from '../../lib/tunnels/metrics.ts'
+import { labelValue } from '../../lib/core/prometheus.ts'
+import { tunnelMetrics, type TunnelSample } from '../../lib/tunnels/metrics.ts'
 import { ipv6Health, tunnelSupervisor, type TunnelStatus, type V6Addresses } from '../../lib/tunnels/supervisor.ts'
 
 const dir = mkdtempSync(path.join(tmpdir(), 'dg-tunnel-metrics-'))

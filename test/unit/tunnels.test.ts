@@ -1,19 +1,23 @@
 // Tunnels' pure parts: the config section, wg-quick files and `wg` output, ping output, health with its
 // hysteresis and score, and the failover decision.
 import { execFileSync } from 'node:child_process'
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { eui64Address } from '../../lib/addr/ipv6.ts'
 import { ConfigError, DEFAULT_PROBES, loadConfig } from '../../lib/core/config.ts'
+import type { Sh } from '../../lib/core/exec.ts'
+import { createLogger } from '../../lib/core/log.ts'
 import { emptyData } from '../../lib/core/schema.ts'
+import { openStore } from '../../lib/core/store.ts'
 import { parsePing } from '../../lib/net/ping.ts'
 import { parseWgDump, wgPublicKey } from '../../lib/net/wireguard.ts'
 import { deviceTunnelAddresses, relayRules } from '../../lib/reach/relay-plan.ts'
 import { configuredTunnels, parseWgQuick, tunnelsProblem, WgConfigError, wgSetconfText } from '../../lib/tunnels/config.ts'
 import { choosePrimary, type Candidate } from '../../lib/tunnels/failover.ts'
 import { checkPort, PortError, portRules } from '../../lib/tunnels/ports.ts'
+import { reconcileTunnels } from '../../lib/tunnels/reconcile.ts'
 import { latencyPenalty, newHealth, nextHealth, stats, verdict, type Check, type Health, type Thresholds } from '../../lib/tunnels/health.ts'
 
 const dir = mkdtempSync(path.join(tmpdir(), 'dg-tunnels-'))
@@ -284,5 +288,32 @@ describe('port maps (proxy mode)', () => {
       'tcp [2001:db8:100::2]:2222 -> 127.0.0.1:22',
       'tcp [2001:db8:101::2]:2222 -> 127.0.0.1:22',
     ])
+  })
+})
+
+describe('reconcile with hostile key files', () => {
+  it('fails the tunnel with a clear error, never the key file\'s content, and changes nothing', async () => {
+    const applied: string[][] = []
+    const sh: Sh = {
+      dryRun: false,
+      query: async () => ({ stdout: '[]', stderr: '', code: 1 }),
+      apply: async (cmd, args) => {
+        applied.push([cmd, ...args])
+        return { stdout: '', stderr: '', code: 0 }
+      },
+      daemon: async () => undefined,
+    }
+    const secret = 'this is not a key but a secret line'
+    const keyFile = file('not-a-key', `${secret}\n`)
+    chmodSync(keyFile, 0o600)
+    const config = loadJson({ tunnels: [{ name: 'wg', type: 'wireguard', iface: 'wg0', privateKeyFile: keyFile, peerPublicKey: KEY_A, endpoint: '198.18.0.1:51820' }] })
+    const store = openStore({ dataDir: mkdtempSync(path.join(dir, 'store-')), backupCount: 0, backupInterval: 0 })
+    const log = createLogger({ tag: 'test', level: 'error' })
+    const [out] = await reconcileTunnels({ sh, config, store, log })
+    expect(out).toMatchObject({ name: 'wg', action: 'failed' })
+    expect(out.detail).toMatch(/does not hold a WireGuard key/)
+    expect(out.detail).not.toContain(secret)
+    expect(applied).toEqual([])
+    expect((await store.read()).tunnels).toEqual({})
   })
 })
