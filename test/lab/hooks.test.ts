@@ -58,6 +58,12 @@ describe.skipIf(!isRoot())('hooks to runner to jobs (lab, dual-stack)', () => {
     await event('iface', 'ifdown', 'wan', lab.router.wanIf)
     await until('the forged event handled', 15_000, async () => (/an event says the WAN is down, but eth0 is up/.test(runner.log()) ? true : undefined))
     expect(await wanUp()).toBe(true)
+    // The run goes on after that line (it refreshes every device): the next test pulls the cable only when it
+    // has ended, or the run would see devices fail under it.
+    await until('the acquire-leases run over', 60_000, async () => {
+      const job = (await api<{ name: string; running: boolean; queued: boolean }[]>(lab, 'GET', '/jobs')).body.find((j) => j.name === 'acquire-leases')
+      return job && !job.running && !job.queued ? true : undefined
+    })
   })
 
   it('holds devices while the WAN is down and resumes when it comes back, without re-acquiring', async () => {
