@@ -8,3 +8,9 @@ export function cleanHostname(raw: string | undefined): CleanHostname {
   const cleaned = raw.replace(/[^A-Za-z0-9.-]/g, '').slice(0, 63).replace(/^[.-]+|[.-]+$/g, '')
   return { hostname: cleaned || undefined, changed: cleaned !== raw }
 }
+
+/** A DNS name as config may give it: labels of 1-63 letters, digits and '-' (not at either end), 253 at most. */
+export function isHostname(name: string): boolean {
+  const bare = name.endsWith('.') ? name.slice(0, -1) : name
+  return bare.length > 0 && bare.length <= 253 && bare.split('.').every((l) => /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/.test(l))
+}

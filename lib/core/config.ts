@@ -4,6 +4,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import path from 'node:path'
 import { validate as validCron } from 'node-cron'
 import { z } from 'zod'
+import { isHostname } from '../addr/hostname.ts'
 import { isIpv4 } from '../addr/ipv4.ts'
 import { parseIpv6 } from '../addr/ipv6.ts'
 import { nat64PoolError, nat64PrefixError, prefix96Error } from '../addr/nat64.ts'
@@ -156,6 +157,22 @@ const spec = {
   /** DNS servers the SOCKS5 server asks (IP addresses); empty: the system's resolver. */
   socks5Dns: [list(z.string().regex(/^[0-9A-Fa-f:.]+$/, 'expected an IP address')), []],
   socks5MaxConnections: [int(1, 65_536), 256],
+  /** DNS servers the forwarder asks for its targets' names (IP addresses, optionally [IPv6]:port); empty: the system's resolver. */
+  forwarderDns: [list(z.string().regex(/^[0-9A-Fa-f:.]+$|^\[[0-9A-Fa-f:.]+\]:\d{1,5}$|^[0-9.]+:\d{1,5}$/, 'expected an IP address, or address:port')), []],
+  /** Seconds between resolutions of each forward's target name; a shorter TTL in the answer is honoured (at least 5 s). */
+  forwarderResolveInterval: [int(5, 86_400), 60],
+  /** Seconds connections to a target's old address are kept after it changed; then they are closed. */
+  forwarderGrace: [int(0, 86_400), 300],
+  /** Run when a target's address changes, with the arguments: forward name, old address, new address. */
+  forwarderNotifyCommand: [z.string(), ''],
+  /** POSTed a JSON body { forward, target, old, new, at } when a target's address changes. */
+  forwarderNotifyUrl: [z.string().refine((v) => v === '' || /^https?:\/\//.test(v), 'expected an http:// or https:// URL'), ''],
+  /** Relay mode: a TCP connection idle this long (s) is closed (SSH sessions sit idle for hours), and a UDP session. */
+  forwarderTcpIdle: [int(10, 604_800), 7200],
+  forwarderUdpIdle: [int(5, 86_400), 60],
+  /** Relay mode: connections and UDP sessions at once, each, and what one source (an IPv4 address, an IPv6 /64) may hold. */
+  forwarderMaxConnections: [int(1, 65_536), 1024],
+  forwarderMaxPerSource: [int(1, 65_536), 64],
 } as const
 
 type Spec = typeof spec
@@ -264,8 +281,119 @@ const tunnelSection: SectionSpec = {
   },
 }
 
+export const FORWARD_MODES = ['relay', 'kernel'] as const
+export const FORWARD_TRANSPORTS = ['ipip6', 'wireguard'] as const
+const portRange = z.coerce.string().regex(/^(all|\d{1,5}(-\d{1,5})?)$/, 'expected a port, a range such as 8000-8100, or "all"')
+  .refine((v) => v === 'all' || v.split('-').every((p) => Number(p) >= 1 && Number(p) <= 65_535), 'ports are 1-65535')
+  .refine((v) => v === 'all' || !v.includes('-') || Number(v.split('-')[0]) < Number(v.split('-')[1]), 'a range goes from low to high')
+const hostOrIpv6 = z.string().refine((v) => parseIpv6(v) !== undefined || isHostname(v), 'expected a host name or an IPv6 address')
+const listenAt = z.coerce.string().refine((v) => ['4', '6', 'both'].includes(v) || isIpv4(v) || parseIpv6(v) !== undefined, 'expected 4, 6, both, or an IP address of this host')
+const transport = z.enum(FORWARD_TRANSPORTS, `expected ${FORWARD_TRANSPORTS.join(' or ')}`)
+/** 0: the transport's default (ipip6 1452, WireGuard 1420). */
+const tunnelMtu = z.coerce.number().int('expected a whole number').refine((v) => v === 0 || (v >= 1280 && v <= 9000), 'expected 0 (the transport\'s default) or 1280-9000')
+
+/** The options of a kernel-mode forward that say how its tunnel is made; forwards on one iface share it. */
+const FORWARD_TUNNEL_OPTIONS = ['transport', 'iface', 'privateKeyFile', 'peerPublicKey', 'listenPort', 'mtu', 'encaplimit']
+
+/**
+ * `config forward 'nas'` / `"forwards": [...]` (role forwarder): a port of this host forwarded to a home behind
+ * DS-Lite. relay: the runner's relay connects to `target` by name. kernel: packets go through a tunnel to the
+ * home router (`target`) and are DNATed to the home server's IPv4 (`targetAddress`), so it sees the client.
+ */
+const forwardSection: SectionSpec = {
+  uci: 'forward',
+  json: 'forwards',
+  options: {
+    enabled: opt(bool, true),
+    mode: opt(z.enum(FORWARD_MODES, `expected ${FORWARD_MODES.join(' or ')}`), 'relay'),
+    listen: opt(listenAt, 'both'),
+    port: opt(portRange),
+    proto: opt(z.enum(['tcp', 'udp', 'both'], 'expected tcp, udp or both'), 'tcp'),
+    /** relay: the home server's name (or IPv6). kernel: the home router's name (or IPv6), the tunnel's far end. */
+    target: opt(hostOrIpv6),
+    /** 0: the same port (a range maps onto a range of the same length from here). */
+    targetPort: opt(int(0, 65_535), 0),
+    /** Relay: use the A record when the name has no AAAA. */
+    ipv4Fallback: opt(bool, false),
+    /** Relay, TCP: a PROXY protocol v2 header toward the target, carrying the client's address. */
+    proxyProtocol: opt(bool, false),
+    // kernel mode
+    /** The home server's IPv4 on the home LAN: where the forwarded packets are DNATed to. */
+    targetAddress: opt(ipv4OrEmpty, ''),
+    transport: opt(transport, 'ipip6'),
+    /** The tunnel's interface; default dgf-<name>. */
+    iface: opt(z.union([z.literal(''), ifname]), ''),
+    privateKeyFile: opt(z.string(), ''),
+    peerPublicKey: opt(wgKey, ''),
+    listenPort: opt(int(0, 65_535), 51830),
+    mtu: opt(tunnelMtu, 0),
+    /** ipip6: `encaplimit none` (MTU 1460 instead of 1452); both ends must agree. */
+    encaplimit: opt(bool, true),
+  },
+  check(f) {
+    if (f.port === 'all' && f.mode !== 'kernel') return 'port "all" is for mode kernel only (a relay listens on each port)'
+    if (f.port === 'all' && !isIpv4(f.listen as string)) return 'port "all" takes every port of an address: give listen as this host\'s extra IPv4 address, never 4 or both'
+    const range = forwardPorts(f.port as string)
+    if (range && f.targetPort !== 0 && (f.targetPort as number) + range[1] - range[0] > 65_535) return 'target_port plus the range\'s length passes 65535'
+    if (f.mode === 'relay') {
+      const foreign = ['targetAddress', ...FORWARD_TUNNEL_OPTIONS].filter((k) => JSON.stringify(f[k]) !== JSON.stringify(forwardSection.options[k].default))
+      if (foreign.length > 0) return `${foreign.join(', ')} apply to mode kernel only`
+    } else {
+      if (!f.targetAddress) return 'mode kernel needs target_address (the home server\'s IPv4, where packets are DNATed to)'
+      if (f.proxyProtocol) return 'proxy_protocol is for mode relay (in kernel mode the server sees the client\'s own address)'
+      if (f.ipv4Fallback) return 'ipv4_fallback is for mode relay (a tunnel\'s far end is IPv6)'
+      if (f.listen === '6' || (parseIpv6(f.listen as string) !== undefined)) return 'mode kernel lends IPv4: listen must be 4, both, or an IPv4 address'
+      if (f.transport === 'wireguard' && !(f.privateKeyFile && f.peerPublicKey)) return 'transport wireguard needs private_key_file and peer_public_key'
+      if (f.transport === 'ipip6' && (f.privateKeyFile || f.peerPublicKey)) return 'private_key_file and peer_public_key are for transport wireguard'
+    }
+    return undefined
+  },
+}
+
+/**
+ * `config forwarder_peer 'vps'` / `"forwarderPeers": [...]` (role gateway): this home router's end of a
+ * kernel-mode forwarder's tunnel. Replies from `servers` to connections that came in through it go back
+ * through it (connection mark, policy rule, own table); everything else keeps the default route.
+ */
+const forwarderPeerSection: SectionSpec = {
+  uci: 'forwarder_peer',
+  json: 'forwarderPeers',
+  options: {
+    enabled: opt(bool, true),
+    /** The VPS: its name or IPv6, the tunnel's far end. */
+    remote: opt(hostOrIpv6),
+    /** This end's IPv6: "auto" follows the WAN's global address. */
+    local: opt(z.string().refine((v) => v === 'auto' || parseIpv6(v) !== undefined, 'expected "auto" or an IPv6 address'), 'auto'),
+    transport: opt(transport, 'ipip6'),
+    /** The tunnel's interface; default dgp-<name>. */
+    iface: opt(z.union([z.literal(''), ifname]), ''),
+    /** The home servers' IPv4 addresses the VPS forwards to. */
+    servers: opt(list(z.string().refine(isIpv4, 'not an IPv4 address')).refine((v) => v.length > 0, 'at least one server')),
+    /** The forwarded ports accepted from the tunnel (such as 22,80,443,8000-8100); "all": whatever the VPS forwards. */
+    ports: opt(z.string().regex(/^(all|\d+(-\d+)?(,\d+(-\d+)?)*)$/, 'expected "all" or ports such as 80,443,8000-8100'), 'all'),
+    privateKeyFile: opt(z.string(), ''),
+    peerPublicKey: opt(wgKey, ''),
+    /** The VPS's WireGuard port. */
+    endpointPort: opt(int(1, 65_535), 51830),
+    mtu: opt(tunnelMtu, 0),
+    encaplimit: opt(bool, true),
+  },
+  check(p) {
+    if (p.transport === 'wireguard' && !(p.privateKeyFile && p.peerPublicKey)) return 'transport wireguard needs private_key_file and peer_public_key'
+    if (p.transport === 'ipip6' && (p.privateKeyFile || p.peerPublicKey)) return 'private_key_file and peer_public_key are for transport wireguard'
+    return undefined
+  },
+}
+
+/** A forward's ports as [first, last]; undefined for "all". */
+export function forwardPorts(port: string): [number, number] | undefined {
+  if (port === 'all') return undefined
+  const [a, b] = port.split('-').map(Number)
+  return [a, b ?? a]
+}
+
 /** The section types dualgate knows. */
-export const SECTIONS: SectionSpec[] = [tunnelSection]
+export const SECTIONS: SectionSpec[] = [tunnelSection, forwardSection, forwarderPeerSection]
 
 const SECTION_NAME = /^[A-Za-z0-9_]{1,32}$/
 
