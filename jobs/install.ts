@@ -7,6 +7,7 @@ import { lstat, readdir, readFile, rm } from 'node:fs/promises'
 import path from 'node:path'
 import { INSTALL_DIR, installPlan, runtimePackages, shippedFiles, type Lockfile } from '../lib/install/plan.ts'
 import { applyPlan, emptyReport, readManifest, removeInstall, type InstallIo, type Report } from '../lib/install/apply.ts'
+import { ROLES, type Role } from '../lib/core/config.ts'
 import { defineJob, runMain, UsageError } from '../lib/core/job.ts'
 import { ROOT } from '../lib/core/paths.ts'
 import { detectPlatform, systemdRunning, type Platform } from '../lib/core/platform.ts'
@@ -53,12 +54,20 @@ async function sourceFiles(source: string): Promise<string[]> {
   return shippedFiles(files, packages)
 }
 
+function parseRoles(value: string): Role[] {
+  const roles = value.split(',').map((r) => r.trim())
+  const bad = roles.find((r) => !(ROLES as readonly string[]).includes(r))
+  if (bad !== undefined || roles.length === 0) throw new UsageError(`--role takes ${ROLES.join(', ')} or both as gateway,forwarder, not "${value}"`)
+  return roles as Role[]
+}
+
 const job = defineJob({
   name: 'install',
   description: `Install the gateway (${INSTALL_DIR}, service, dnsmasq or hotplug hooks, /usr/bin/gateway-*) or uninstall it exactly.`,
-  usage: '[install|uninstall]',
+  usage: '[install|uninstall] [--role gateway|forwarder|gateway,forwarder]',
   // --network: tear down the network side (this namespace) on a fake root too; on the live root it always is.
-  options: { root: { type: 'string' }, platform: { type: 'string' }, purge: { type: 'boolean' }, network: { type: 'boolean' } },
+  // --role: what to install for; default the config's role.
+  options: { root: { type: 'string' }, platform: { type: 'string' }, purge: { type: 'boolean' }, network: { type: 'boolean' }, role: { type: 'string' } },
   async run({ ctx }): Promise<InstallResult> {
     const [action = 'install', ...extra] = ctx.args
     if (action !== 'install' && action !== 'uninstall') throw new UsageError(`unknown action "${action}"; install or uninstall`)
@@ -75,7 +84,9 @@ const job = defineJob({
     const result: InstallResult = { action, platform, root, dryRun: ctx.dryRun, ...report }
 
     if (action === 'install') {
-      const steps = installPlan({ platform, files: await sourceFiles(ROOT), systemd: root === '/' && systemdRunning(), dnsmasqService: ctx.config.dnsmasqService })
+      const roles = typeof ctx.options.role === 'string' ? parseRoles(ctx.options.role) : ctx.config.role
+      if (!roles.includes('gateway') && platform !== 'debian') throw new UsageError('--role forwarder alone is for Debian (a VPS); on OpenWrt use --role gateway,forwarder')
+      const steps = installPlan({ platform, files: await sourceFiles(ROOT), systemd: root === '/' && systemdRunning(), dnsmasqService: ctx.config.dnsmasqService, roles })
       await applyPlan(io, steps, ROOT, platform, report)
       if (!ctx.dryRun) ctx.log.info(`installed for ${platform} under ${root}: ${report.written.length} written, ${report.unchanged} unchanged`)
       return { ...result, ...report }

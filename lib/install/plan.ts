@@ -1,6 +1,7 @@
 // What `install` puts where, per platform, as data: files copied from the build, files written, links, UCI
 // sections and service commands. jobs/install.ts applies a plan and records it in a manifest, so that
 // uninstall removes exactly that and restores what was there before. Pure.
+import type { Role } from '../core/config.ts'
 import { dnsmasqDropIn } from '../net/dnsmasq.ts'
 import type { Platform } from '../core/platform.ts'
 
@@ -36,6 +37,8 @@ export interface PlanInput {
   /** The systemd unit's presence decides the systemctl commands (Debian). */
   systemd: boolean
   dnsmasqService: string
+  /** What the host is (`install --role`): a forwarder alone (a VPS) gets the runner and nothing device-related. */
+  roles: Role[]
 }
 
 const CONFIG_HEAD = `# dualgate (see \`gateway-diagnose\` and \`node ${INSTALL_DIR}/dist/jobs/config.js\`).`
@@ -68,9 +71,36 @@ config dualgate 'main'
 `,
 }
 
+/** /etc/config/dualgate for a VPS that lends IPv4 to IPv6-only homes (Debian): no LAN, no devices. */
+export const FORWARDER_CONFIG = `${CONFIG_HEAD}
+# A forwarder: ports of this host forwarded to homes behind DS-Lite (README: "The forwarder"). wan_if is the
+# interface with this host's public IPv4 (kernel-mode DNAT uses its address).
+config dualgate 'main'
+	option role 'forwarder'
+	option wan_if 'eth0'
+	option data_dir '/var/lib/dualgate'
+
+# config forward 'nas'
+#	option port '443'
+#	option proto 'tcp'
+#	option target 'home.example.net'
+`
+
 export function installPlan(input: PlanInput): Step[] {
   const steps: Step[] = input.files.map((f) => ({ kind: 'copy', from: f, to: `${INSTALL_DIR}/${f}` }))
   for (const name of COMMANDS) steps.push({ kind: 'link', to: `/usr/bin/${name}`, target: `${INSTALL_DIR}/hooks/bin/${name}` })
+  const gateway = input.roles.includes('gateway')
+  if (!gateway) {
+    if (input.platform !== 'debian') throw new Error('a forwarder alone is installed on Debian (a VPS); an OpenWrt router is a gateway, optionally also a forwarder')
+    steps.push(
+      { kind: 'copy', from: 'hooks/dualgate.service', to: '/etc/systemd/system/dualgate.service' },
+      { kind: 'write', to: '/etc/config/dualgate', content: FORWARDER_CONFIG, mode: 0o600, ifAbsent: true },
+      // Kernel-mode forwards route IPv4 into their tunnels (the forwarder job also turns it on at run time).
+      { kind: 'write', to: '/etc/sysctl.d/90-dualgate.conf', content: '# dualgate: kernel settings the forwarder needs (removed by uninstall).\nnet.ipv4.ip_forward = 1\n', mode: 0o644 },
+    )
+    if (input.systemd) steps.push(...systemdSteps)
+    return steps
+  }
   if (input.platform === 'openwrt') {
     steps.push(
       { kind: 'copy', from: 'hooks/dualgate.init', to: '/etc/init.d/dualgate' },
@@ -93,19 +123,19 @@ export function installPlan(input: PlanInput): Step[] {
       // Devices' IPv4 is routed: on after a reboot too (acquire-leases turns it on at run time; OpenWrt has it on).
       { kind: 'write', to: '/etc/sysctl.d/90-dualgate.conf', content: '# dualgate: kernel settings the gateway needs (removed by uninstall).\nnet.ipv4.ip_forward = 1\n', mode: 0o644 },
     )
-    if (input.systemd) {
-      steps.push(
-        { kind: 'command', argv: ['systemctl', 'daemon-reload'], undo: ['systemctl', 'daemon-reload'], undoStage: 'after' },
-        { kind: 'command', argv: ['systemctl', 'enable', 'dualgate'], undo: ['systemctl', 'disable', 'dualgate'] },
-        { kind: 'command', argv: ['systemctl', 'restart', 'dualgate'], undo: ['systemctl', 'stop', 'dualgate'] },
-      )
-    }
+    if (input.systemd) steps.push(...systemdSteps)
     if (input.dnsmasqService) {
       steps.push({ kind: 'command', argv: [input.dnsmasqService, 'restart'], undo: [input.dnsmasqService, 'restart'], undoStage: 'after' })
     }
   }
   return steps
 }
+
+const systemdSteps: Step[] = [
+  { kind: 'command', argv: ['systemctl', 'daemon-reload'], undo: ['systemctl', 'daemon-reload'], undoStage: 'after' },
+  { kind: 'command', argv: ['systemctl', 'enable', 'dualgate'], undo: ['systemctl', 'disable', 'dualgate'] },
+  { kind: 'command', argv: ['systemctl', 'restart', 'dualgate'], undo: ['systemctl', 'stop', 'dualgate'] },
+]
 
 interface LockPackage { dependencies?: Record<string, string>; optionalDependencies?: Record<string, string>; dev?: boolean }
 export interface Lockfile { packages: Record<string, LockPackage> }

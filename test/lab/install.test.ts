@@ -258,4 +258,36 @@ describe.skipIf(!isRoot())('install and uninstall', () => {
       expect(JSON.parse(again.stdout)).toMatchObject({ notInstalled: true, removed: [] })
     })
   })
+  describe('Debian forwarder: fake root', () => {
+    let dir: string
+    let root: string
+    let env: NodeJS.ProcessEnv
+    const install = (args: string[]) => run(process.execPath, ['--import=tsx', path.join(ROOT, 'jobs/install.ts'), '--json', '--root', root, '--platform', 'debian', ...args], { env })
+
+    beforeAll(() => {
+      dir = mkdtempSync(path.join(tmpdir(), 'dualgate-forwarder-'))
+      root = path.join(dir, 'root')
+      mkdirSync(path.join(root, 'etc'), { recursive: true })
+      env = { PATH: process.env.PATH, HOME: process.env.HOME, DUALGATE_DATA_DIR: path.join(dir, 'data'), DUALGATE_RUN_DIR: path.join(dir, 'run'), DUALGATE_UCI_FILE: path.join(dir, 'no-uci') }
+    })
+    afterAll(() => { if (dir) rmSync(dir, { recursive: true, force: true }) })
+
+    it('--role forwarder installs one unit for the runner and nothing device-related, and uninstalls exactly', async () => {
+      const before = snapshot(root)
+      const r = await install(['--role', 'forwarder'])
+      expect(r.code, r.stderr).toBe(0)
+      const units = readdirSync(path.join(root, 'etc/systemd/system'))
+      expect(units).toEqual(['dualgate.service'])
+      expect(readFileSync(path.join(root, 'etc/config/dualgate'), 'utf8')).toMatch(/^\toption role 'forwarder'$/m)
+      expect(existsSync(path.join(root, 'etc/dnsmasq.d'))).toBe(false)
+      expect(existsSync(path.join(root, 'usr/lib/dualgate/dist/lib/runner/main.js'))).toBe(true)
+      const bad = await install(['--role', 'vps'])
+      expect(bad.code).not.toBe(0)
+      expect(bad.stderr).toMatch(/--role takes gateway, forwarder/)
+      const un = await install(['uninstall'])
+      expect(un.code, un.stderr).toBe(0)
+      expect(snapshot(root)).toEqual(before)
+    })
+  })
 })
+

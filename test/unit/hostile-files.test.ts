@@ -97,7 +97,7 @@ describe('dnsmasq lease file', () => {
   })
 
   it('the Debian install points dnsmasqLeases at dnsmasq\'s own file, not /tmp (OpenWrt keeps its /tmp path)', () => {
-    const configFile = (platform: 'openwrt' | 'debian') => installPlan({ platform, files: [], systemd: false, dnsmasqService: '' })
+    const configFile = (platform: 'openwrt' | 'debian') => installPlan({ platform, files: [], systemd: false, dnsmasqService: '', roles: ['gateway'] })
       .find((s) => s.kind === 'write' && s.to === '/etc/config/dualgate')
     const leases = (platform: 'openwrt' | 'debian') => {
       const step = configFile(platform)

@@ -1,7 +1,10 @@
 // The install plan as data: what ships, where each piece goes on OpenWrt and on Debian.
-import { readFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { COMMANDS, installPlan, runtimePackages, shippedFiles, type Lockfile } from '../../lib/install/plan.ts'
+import { loadConfig } from '../../lib/core/config.ts'
+import { COMMANDS, FORWARDER_CONFIG, installPlan, runtimePackages, shippedFiles, type Lockfile } from '../../lib/install/plan.ts'
 
 const lock = JSON.parse(readFileSync(new URL('../../package-lock.json', import.meta.url), 'utf8')) as Lockfile
 
@@ -20,7 +23,7 @@ describe('install plan', () => {
   })
 
   it('OpenWrt: init script, a default UCI config only if absent, hotplug handlers, fw4 include, a firewall include through uci', () => {
-    const steps = installPlan({ platform: 'openwrt', files: ['dist/jobs/status.js'], systemd: false, dnsmasqService: '/etc/init.d/dnsmasq' })
+    const steps = installPlan({ platform: 'openwrt', files: ['dist/jobs/status.js'], systemd: false, dnsmasqService: '/etc/init.d/dnsmasq', roles: ['gateway'] })
     const to = steps.flatMap((s) => ('to' in s ? [s.to] : []))
     expect(to).toEqual(expect.arrayContaining(['/usr/lib/dualgate/dist/jobs/status.js', '/etc/init.d/dualgate', '/etc/config/dualgate', '/etc/hotplug.d/dhcp/50-dualgate',
       '/etc/hotplug.d/neigh/50-dualgate', '/etc/hotplug.d/iface/50-dualgate', '/usr/share/nftables.d/chain-pre/forward/30-dualgate.nft', ...COMMANDS.map((c) => `/usr/bin/${c}`)]))
@@ -32,12 +35,29 @@ describe('install plan', () => {
   })
 
   it('Debian: systemd unit, dnsmasq drop-in, IPv4 forwarding persisted, systemctl only when systemd runs', () => {
-    const steps = installPlan({ platform: 'debian', files: [], systemd: true, dnsmasqService: '/etc/init.d/dnsmasq' })
+    const steps = installPlan({ platform: 'debian', files: [], systemd: true, dnsmasqService: '/etc/init.d/dnsmasq', roles: ['gateway'] })
     expect(steps.find((s) => s.kind === 'write' && s.to === '/etc/sysctl.d/90-dualgate.conf')).toMatchObject({ content: expect.stringMatching(/^net\.ipv4\.ip_forward = 1$/m) })
     expect(steps.find((s) => s.kind === 'write' && s.to === '/etc/dnsmasq.d/dualgate.conf')).toMatchObject({ content: expect.stringContaining('dhcp-script=/usr/lib/dualgate/hooks/dnsmasq-script') })
     expect(steps.some((s) => s.kind === 'copy' && s.to === '/etc/systemd/system/dualgate.service')).toBe(true)
     expect(steps.flatMap((s) => (s.kind === 'command' ? [s.argv.join(' ')] : []))).toEqual(['systemctl daemon-reload', 'systemctl enable dualgate', 'systemctl restart dualgate', '/etc/init.d/dnsmasq restart'])
-    const plain = installPlan({ platform: 'debian', files: [], systemd: false, dnsmasqService: '' })
+    const plain = installPlan({ platform: 'debian', files: [], systemd: false, dnsmasqService: '', roles: ['gateway'] })
     expect(plain.some((s) => s.kind === 'command')).toBe(false)
+  })
+
+  it('a forwarder alone (Debian): one systemd unit for the runner, its own config, IPv4 forwarding, nothing device-related', () => {
+    const steps = installPlan({ platform: 'debian', files: ['dist/jobs/forwarder.js'], systemd: true, dnsmasqService: '/etc/init.d/dnsmasq', roles: ['forwarder'] })
+    const to = steps.flatMap((s) => ('to' in s ? [s.to] : []))
+    expect(to.filter((t) => t.startsWith('/etc/systemd/'))).toEqual(['/etc/systemd/system/dualgate.service'])
+    expect(steps.find((s) => s.kind === 'write' && s.to === '/etc/config/dualgate')).toMatchObject({ ifAbsent: true, content: expect.stringMatching(/^\toption role 'forwarder'$/m) })
+    expect(to).not.toContain('/etc/dnsmasq.d/dualgate.conf')
+    expect(steps.flatMap((s) => (s.kind === 'command' ? [s.argv.join(' ')] : []))).toEqual(['systemctl daemon-reload', 'systemctl enable dualgate', 'systemctl restart dualgate'])
+    expect(() => installPlan({ platform: 'openwrt', files: [], systemd: false, dnsmasqService: '', roles: ['forwarder'] })).toThrow(/Debian/)
+    const dir = mkdtempSync(path.join(tmpdir(), 'dualgate-plan-'))
+    try {
+      writeFileSync(path.join(dir, 'dualgate'), FORWARDER_CONFIG)
+      expect(loadConfig({ env: {}, uciFile: path.join(dir, 'dualgate') }).config.role).toEqual(['forwarder'])
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
   })
 })
