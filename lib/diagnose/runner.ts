@@ -51,6 +51,8 @@ export function relayFilesNeeded(maxConnections: number): number {
   return 3 * maxConnections + 1024
 }
 
+const RELAY_SETTLE_MS = 5000
+
 async function relayState(env: DiagEnv, data: Data): Promise<{ check: Check; retry: boolean }> {
   const r = await apiGet(env.ctx.config, '/relay')
   if (typeof r === 'string') return { check: warn('relay', `GET /relay failed (${r})`), retry: false }
@@ -74,7 +76,11 @@ export const relay: CheckFn = async (env) => {
   if (!liveRunner(env.ctx.config.dataDir)) return { check: warn('relay', 'not checked: the runner (which holds the relay) is not running') }
   const view = await env.store()
   if (!view.data) return noStore('relay', view)
-  const { check, retry } = await relayState(env, view.data)
+  let state = await relayState(env, view.data)
+  // The runner follows a store written a moment ago (by acquire-leases, or by a fix before this check) within
+  // a pass or two: only a difference that lasts is a failure.
+  if (state.retry) await waitUntil(RELAY_SETTLE_MS, async () => !(state = await relayState(env, (await readStoreView(env.ctx.config.dataDir)).data ?? view.data!)).retry)
+  const { check, retry } = state
   if (!retry) return { check }
   return {
     check,

@@ -6,11 +6,19 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { until } from '../unit/wait.ts'
 import { createLab, isRoot, macFromDuid, watchRouterAdverts, type Lab } from './lab.ts'
 
 const execFileP = promisify(execFile)
 const root = isRoot()
 const why = root ? '' : ' (skipped: needs root for network namespaces)'
+
+/** dhclient -1 exits once bound, and its daemon writes the pid file a moment later. */
+async function stopDhclient(lab: Lab, pidFile: string): Promise<void> {
+  const read = async () => { try { return readFileSync(pidFile, 'utf8').trim() } catch { return '' } }
+  const pid = await until(`pid in ${pidFile}`, read, (p) => /^\d+$/.test(p), 3000)
+  await lab.exec(lab.router.ns, 'kill', [pid])
+}
 
 async function rootNamespaces(): Promise<string[]> {
   const { stdout } = await execFileP('ip', ['netns', 'list'])
@@ -143,13 +151,13 @@ describe.skipIf(!root)(`lab in dual mode, 3 devices, dev2 unregistered${why}`, (
 
     // dnsmasq goes by the link-layer MAC, not the DUID: a DUID-LL naming the unregistered MAC, sent
     // from the registered MAC's interface, is served.
-    await lab.exec(lab.router.ns, 'kill', [readFileSync(join(lab.dir, 'mv0.pid6'), 'utf8').trim()])
+    await stopDhclient(lab, join(lab.dir, 'mv0.pid6'))
     const foreign = [0, 3, 0, 1, ...unreg.mac.split(':').map((h) => Number.parseInt(h, 16))]
     writeFileSync(join(lab.dir, 'duid.lease6'), `default-duid "${foreign.map((b) => `\\${b.toString(8).padStart(3, '0')}`).join('')}";\n`)
     const d = await lab.exec(lab.router.ns, 'timeout', ['10', 'dhclient', '-6', '-1', '-v', '-lf', join(lab.dir, 'duid.lease6'), '-pf', join(lab.dir, 'duid.pid6'), '-sf', '/bin/true', 'mv0'], { nothrow: true, timeoutMs: 15_000 })
     expect(d.code, d.stderr).toBe(0)
     expect((await lab.upstream.leases()).v6.map((l) => macFromDuid(l.duid))).toContain(unreg.mac)
-    await lab.exec(lab.router.ns, 'kill', [readFileSync(join(lab.dir, 'duid.pid6'), 'utf8').trim()])
+    await stopDhclient(lab, join(lab.dir, 'duid.pid6'))
 
     const u = await lab.exec(lab.router.ns, 'timeout', ['4', 'dhclient', ...args('mv2')], { nothrow: true, timeoutMs: 10_000 })
     expect(u.code).toBe(124) // still soliciting when cut off

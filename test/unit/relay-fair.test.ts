@@ -130,7 +130,8 @@ describe.skipIf(process.getuid?.() !== 0)('the relay shared fairly', () => {
 
   it('300 stalled downloads hold no more read buffer than the budget, and quiet connections give theirs back', async () => {
     const budget = 8 * MiB
-    await restart({ maxConnectionsPerSource: 400, bufferBudget: budget })
+    // A short linger: a client whose stalled connection got no byte yet closes it cleanly, and waits out the linger.
+    await restart({ maxConnectionsPerSource: 400, bufferBudget: budget, lingerMs: 2000 })
     const before = rssKiB(router.pid)
     // The device sends without end; the client reads nothing.
     await client.call('tcp.hold', { host: R6, port: 7005, count: 300 })
