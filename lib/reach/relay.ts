@@ -1,22 +1,35 @@
 // The one user-space relay for every IPv6-to-IPv4 listener: the kernel cannot translate families statefully,
 // so each rule is a listener on a device's WAN IPv6 address that connects on to the device's LAN IPv4
 // address. Outgoing sockets are never bound: the kernel picks the router's LAN address by routing, so the
-// device sees the router as its peer and its replies come back through us.
+// device sees the router as its peer and its replies come back through us. The forwarder (lib/forwarder) uses
+// the same relay from IPv4 and IPv6 listeners to a home's IPv6: a rule whose target moves keeps its listener,
+// new connections go to the new target and those to the old one close after the rule's grace.
 import dgram from 'node:dgram'
 import net from 'node:net'
 import { fairShare, sourceKey } from '../core/fair-share.ts'
 import { closeWaitConnections, connectionKey } from '../net/sockets.ts'
+import { proxyV2Header } from './proxy-v2.ts'
 
 export interface Endpoint {
   host: string
   port: number
 }
 
-/** Listen on [listen.host]:listen.port (IPv6, v6only) and relay to target (any family, an IP literal). */
+/**
+ * Listen on listen.host:listen.port (an IPv4 address, or an IPv6 one with v6only) and relay to target (any
+ * family, an IP literal). Rules with the same proto and listen address and port are one listener: applying
+ * one with another target (or tag, grace, proxyProtocol) changes that listener in place.
+ */
 export interface RelayRule {
   listen: Endpoint
   target: Endpoint
   proto: 'tcp' | 'udp'
+  /** What the rule belongs to (a forward's name), to add up its listeners' counters. */
+  tag?: string
+  /** TCP: a PROXY protocol v2 header toward the target, with the client's address and the one it reached. */
+  proxyProtocol?: boolean
+  /** When the target changes: connections and UDP sessions to the old one are closed after this long. Default 0: at once. */
+  graceMs?: number
 }
 
 export type RelayLogLevel = 'debug' | 'info' | 'warn' | 'error'
@@ -43,12 +56,28 @@ export interface RelayOptions {
   /** Bytes that read buffers beyond their first 16 KiB may take across the relay. Default 16 MiB. */
   bufferBudget?: number
   log?: (level: RelayLogLevel, msg: string, fields?: Record<string, unknown>) => void
+  /** A TCP connection to a rule's target failed before it was established (refused, unreachable, timed out). */
+  onConnectFailure?: (rule: RelayRule, error: string) => void
 }
 
 export interface ApplyResult {
   added: number
   removed: number
   failed: { rule: RelayRule; error: string }[]
+  /** Listeners kept open whose target changed (only when there were any). */
+  retargeted?: number
+}
+
+/** One open listener's rule and its own counters. */
+export interface ListenerStats {
+  rule: RelayRule
+  tcpActive: number
+  tcpTotal: number
+  udpSessions: number
+  /** Payload bytes received from either side, since the listener opened. */
+  bytes: number
+  /** TCP connections whose target did not answer or refused. */
+  connectFailures: number
 }
 
 export interface RelayStats {
@@ -71,6 +100,8 @@ export interface Relay {
   apply(rules: RelayRule[]): Promise<ApplyResult>
   /** Rules that have an open listener. */
   list(): RelayRule[]
+  /** Each open listener with its counters. */
+  listeners(): ListenerStats[]
   stats(): RelayStats
   close(): Promise<void>
 }
@@ -78,9 +109,18 @@ export interface Relay {
 interface Listener {
   rule: RelayRule
   close(): Promise<void>
+  /** Takes the new rule (same listen address); what went to another target is closed after its grace. */
+  retarget(rule: RelayRule): void
+  stats(): ListenerStats
 }
 
+/** A listener's own counters, beside its live connections or sessions. */
+interface Counters { total: number; closedBytes: number; connectFailures: number }
+
 interface TcpConn {
+  /** targetKey of where it goes. */
+  target: string
+  graceTimer?: NodeJS.Timeout
   client: net.Socket
   upstream: net.Socket
   up: Forwarder
@@ -92,6 +132,9 @@ interface TcpConn {
 }
 
 interface UdpSession {
+  key: string
+  target: string
+  graceTimer?: NodeJS.Timeout
   up: dgram.Socket
   last: number
   /** Datagrams that arrived before the upstream socket was connected; null once it is. */
@@ -152,10 +195,33 @@ export function createRelay(opts: RelayOptions = {}): Relay {
     return next
   }
 
+  /** Ends what still goes to another target than the listener's, after the grace (0: now). */
+  function expireStale<T extends { target: string; graceTimer?: NodeJS.Timeout }>(listener: Listener, items: Iterable<T>, end: (item: T) => void): number {
+    const current = targetKey(listener.rule)
+    const graceMs = listener.rule.graceMs ?? 0
+    let n = 0
+    for (const item of items) {
+      if (item.target === current) continue
+      n++
+      if (graceMs <= 0) { end(item); continue }
+      // The target may come back within the grace: only what still goes elsewhere then is ended.
+      item.graceTimer ??= setTimeout(() => {
+        item.graceTimer = undefined
+        if (item.target !== targetKey(listener.rule)) end(item)
+      }, graceMs)
+    }
+    return n
+  }
+
+  function retargetLog(listener: Listener, before: RelayRule, stale: number): void {
+    if (targetKey(before) === targetKey(listener.rule)) return
+    log('info', 'relay listener retargeted', { rule: ruleKey(listener.rule), from: targetKey(before), open: stale, graceMs: listener.rule.graceMs ?? 0 })
+  }
+
   function openTcp(rule: RelayRule): Promise<Listener> {
     const own = new Set<TcpConn>()
+    const counters: Counters = { total: 0, closedBytes: 0, connectFailures: 0 }
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true })
-    server.on('connection', (client) => relayTcp(rule, client, own))
     const listener: Listener = {
       rule,
       async close() {
@@ -163,10 +229,25 @@ export function createRelay(opts: RelayOptions = {}): Relay {
         for (const c of own) { c.client.destroy(); c.upstream.destroy() }
         await done
       },
+      retarget(next) {
+        const before = listener.rule
+        listener.rule = next
+        retargetLog(listener, before, expireStale(listener, own, (c) => {
+          log('debug', 'relay connection to an old target closed', { rule: ruleKey(listener.rule), target: c.target })
+          c.client.destroy()
+          c.upstream.destroy()
+        }))
+      },
+      stats() {
+        let bytes = counters.closedBytes
+        for (const c of own) bytes += c.client.bytesRead + c.upstream.bytesRead
+        return { rule: listener.rule, tcpActive: own.size, tcpTotal: counters.total, udpSessions: 0, bytes, connectFailures: counters.connectFailures }
+      },
     }
+    server.on('connection', (client) => relayTcp(listener.rule, client, own, counters))
     return new Promise((resolve, reject) => {
       server.once('error', reject)
-      server.listen({ host: rule.listen.host, port: rule.listen.port, ipv6Only: true, backlog: 511 }, () => {
+      server.listen({ host: rule.listen.host, port: rule.listen.port, ipv6Only: net.isIPv6(rule.listen.host), backlog: 511 }, () => {
         server.off('error', reject)
         // Accept errors (EMFILE) surface here; an unhandled 'error' would end the whole process.
         server.on('error', (err) => log('warn', 'relay listener error', { rule: ruleKey(rule), error: err.message }))
@@ -175,7 +256,7 @@ export function createRelay(opts: RelayOptions = {}): Relay {
     })
   }
 
-  function relayTcp(rule: RelayRule, accepted: net.Socket, own: Set<TcpConn>): void {
+  function relayTcp(rule: RelayRule, accepted: net.Socket, own: Set<TcpConn>, counters: Counters): void {
     const source = sourceKey(accepted.remoteAddress ?? '')
     const full = conns.size >= maxConnections ? 'connections' : (connsBySource.get(source) ?? 0) >= maxConnectionsPerSource ? 'connectionsPerSource' : undefined
     if (full) {
@@ -186,6 +267,7 @@ export function createRelay(opts: RelayOptions = {}): Relay {
     }
     const up = forwarder(highWaterMark, budget)
     const down = forwarder(highWaterMark, budget)
+    const header = rule.proxyProtocol ? proxyHeaderOf(accepted) : undefined
     const client = adopt(accepted, up.onread)
     if (!client) {
       // Only a Node whose net.Socket internals changed gets here; the relay tests would fail on it first.
@@ -194,34 +276,44 @@ export function createRelay(opts: RelayOptions = {}): Relay {
       return
     }
     const upstream = net.connect({ host: rule.target.host, port: rule.target.port, allowHalfOpen: true, noDelay: true, onread: down.onread })
+    // Queued before anything of the client's: the client is only read once the upstream is connected.
+    if (header) upstream.write(header)
     up.join(client, upstream)
     down.join(upstream, client)
     const connectTimer = setTimeout(() => fail('upstream', new Error(`connect timeout after ${connectTimeoutMs} ms`)), connectTimeoutMs)
-    const conn: TcpConn = { client, upstream, up, down, ended: false, onEnd: () => {} }
+    const conn: TcpConn = { target: targetKey(rule), client, upstream, up, down, ended: false, onEnd: () => {} }
     conns.add(conn)
     own.add(conn)
     count(connsBySource, source, 1)
     tcpTotal++
+    counters.total++
     quietSweeper ??= setInterval(() => void sweepQuiet(), Math.min(QUIET_MS, Math.max(100, lingerMs / 3))).unref()
     let open = 2
     const onClose = () => {
       if (--open > 0) return
       clearTimeout(connectTimer)
+      clearTimeout(conn.graceTimer)
       conns.delete(conn)
       own.delete(conn)
       count(connsBySource, source, -1)
       up.release()
       down.release()
       closedBytes += client.bytesRead + upstream.bytesRead
+      counters.closedBytes += client.bytesRead + upstream.bytesRead
       if (conns.size === 0 && quietSweeper) { clearInterval(quietSweeper); quietSweeper = undefined }
     }
     client.on('close', onClose)
     upstream.on('close', onClose)
 
     // An error on either side ends both, with a reset so the other peer learns it was not a clean end.
+    let connected = false
     const fail = (side: string, err: Error) => {
       clearTimeout(connectTimer)
       log('debug', 'relay connection failed', { rule: ruleKey(rule), side, error: err.message })
+      if (side === 'upstream' && !connected) {
+        counters.connectFailures++
+        opts.onConnectFailure?.(rule, err.message)
+      }
       abort(client)
       abort(upstream)
     }
@@ -231,7 +323,6 @@ export function createRelay(opts: RelayOptions = {}): Relay {
     // The client socket counts reads and writes in both directions, so one timer covers the connection. Once
     // either side has ended, the connection only lingers: a peer that stopped reading must not hold a slot
     // for the idle timeout.
-    let connected = false
     client.on('timeout', () => {
       log('debug', `relay connection ${conn.ended ? 'half-closed' : 'idle'}, closing`, { rule: ruleKey(rule) })
       client.destroy()
@@ -274,12 +365,14 @@ export function createRelay(opts: RelayOptions = {}): Relay {
 
   function openUdp(rule: RelayRule): Promise<Listener> {
     const sessions = new Map<string, UdpSession>()
-    const sock = dgram.createSocket({ type: 'udp6', ipv6Only: true })
+    const counters: Counters = { total: 0, closedBytes: 0, connectFailures: 0 }
+    const sock = net.isIPv6(rule.listen.host) ? dgram.createSocket({ type: 'udp6', ipv6Only: true }) : dgram.createSocket('udp4')
     let sweeper: NodeJS.Timeout | undefined
 
     const endSession = (key: string, s: UdpSession) => {
       if (s.closed) return
       s.closed = true
+      clearTimeout(s.graceTimer)
       sessions.delete(key)
       udpSessions--
       count(udpBySource, s.source, -1)
@@ -292,16 +385,19 @@ export function createRelay(opts: RelayOptions = {}): Relay {
     }
 
     const startSession = (key: string, source: string, address: string, port: number): UdpSession => {
+      const rule = listener.rule
       const family = net.isIPv6(rule.target.host) ? 'udp6' : 'udp4'
       const up = dgram.createSocket(family)
-      const s: UdpSession = { up, last: Date.now(), queue: [], closed: false, source }
+      const s: UdpSession = { key, target: targetKey(rule), up, last: Date.now(), queue: [], closed: false, source }
       sessions.set(key, s)
+      counters.total++
       udpSessions++
       count(udpBySource, source, 1)
       sweeper ??= setInterval(sweep, Math.max(100, Math.min(udpIdleMs / 2, 5000))).unref()
       up.on('message', (msg) => {
         s.last = Date.now()
         closedBytes += msg.length
+        counters.closedBytes += msg.length
         sock.send(msg, port, address, dropped)
       })
       // Port unreachable from the device arrives here on a connected socket: drop the session, the client may retry.
@@ -323,12 +419,13 @@ export function createRelay(opts: RelayOptions = {}): Relay {
       let s = sessions.get(key)
       if (!s) {
         const source = sourceKey(rinfo.address)
-        if (udpSessions >= maxUdpSessions) return refuse('udpSessions', rule, source, maxUdpSessions)
-        if ((udpBySource.get(source) ?? 0) >= maxUdpSessionsPerSource) return refuse('udpSessionsPerSource', rule, source, maxUdpSessionsPerSource)
+        if (udpSessions >= maxUdpSessions) return refuse('udpSessions', listener.rule, source, maxUdpSessions)
+        if ((udpBySource.get(source) ?? 0) >= maxUdpSessionsPerSource) return refuse('udpSessionsPerSource', listener.rule, source, maxUdpSessionsPerSource)
         s = startSession(key, source, rinfo.address, rinfo.port)
       }
       s.last = Date.now()
       closedBytes += msg.length
+      counters.closedBytes += msg.length
       if (s.queue) { if (s.queue.length < UDP_QUEUE_MAX) s.queue.push(msg) } else s.up.send(msg, dropped)
     })
 
@@ -339,6 +436,12 @@ export function createRelay(opts: RelayOptions = {}): Relay {
         for (const [key, s] of sessions) endSession(key, s)
         await new Promise<void>((resolve) => sock.close(() => resolve()))
       },
+      retarget(next) {
+        const before = listener.rule
+        listener.rule = next
+        retargetLog(listener, before, expireStale(listener, [...sessions.values()], (s) => endSession(s.key, s)))
+      },
+      stats: () => ({ rule: listener.rule, tcpActive: 0, tcpTotal: 0, udpSessions: sessions.size, bytes: counters.closedBytes, connectFailures: 0 }),
     }
     return new Promise((resolve, reject) => {
       sock.once('error', reject)
@@ -353,47 +456,54 @@ export function createRelay(opts: RelayOptions = {}): Relay {
   async function reconcile(rules: RelayRule[]): Promise<ApplyResult> {
     if (closed) throw new Error('relay is closed')
     const failed: ApplyResult['failed'] = []
+    // By listen key: one listener per proto, address and port, whatever its target.
     const wanted = new Map<string, RelayRule>()
-    const listenTaken = new Set<string>()
     for (const rule of rules) {
       const problem = invalid(rule)
       if (problem) { failed.push({ rule, error: problem }); continue }
-      const key = ruleKey(rule)
-      if (wanted.has(key)) continue
       const lk = listenKey(rule)
-      if (listenTaken.has(lk)) { failed.push({ rule, error: `another rule already listens on ${lk}` }); continue }
-      listenTaken.add(lk)
-      wanted.set(key, rule)
+      const first = wanted.get(lk)
+      if (first && ruleKey(first) !== ruleKey(rule)) failed.push({ rule, error: `another rule already listens on ${lk}` })
+      if (!first) wanted.set(lk, rule)
     }
 
-    // Close first: a rule whose target changed reopens the same address and port.
     const gone = [...listeners].filter(([key]) => !wanted.has(key))
     await Promise.all(gone.map(async ([key, l]) => {
       listeners.delete(key)
       await l.close()
-      log('info', 'relay listener closed', { rule: key })
+      log('info', 'relay listener closed', { rule: ruleKey(l.rule) })
     }))
+
+    // Same listener, something else changed: in place, so the listener and what goes to a kept target stay.
+    let retargeted = 0
+    for (const [key, rule] of wanted) {
+      const l = listeners.get(key)
+      if (!l || sameRule(l.rule, rule)) continue
+      if (targetKey(l.rule) !== targetKey(rule)) retargeted++
+      l.retarget(rule)
+    }
 
     let added = 0
     await Promise.all([...wanted].filter(([key]) => !listeners.has(key)).map(async ([key, rule]) => {
       try {
         listeners.set(key, await (rule.proto === 'tcp' ? openTcp(rule) : openUdp(rule)))
         added++
-        log('info', 'relay listener open', { rule: key })
+        log('info', 'relay listener open', { rule: ruleKey(rule) })
       } catch (err) {
         // EADDRNOTAVAIL: the WAN address is not (yet) configured, or still tentative during DAD. The next
         // reconcile retries.
         const error = err instanceof Error ? err.message : String(err)
         failed.push({ rule, error })
-        log('warn', 'relay listener failed', { rule: key, error })
+        log('warn', 'relay listener failed', { rule: ruleKey(rule), error })
       }
     }))
-    return { added, removed: gone.length, failed }
+    return { added, removed: gone.length, failed, ...(retargeted > 0 ? { retargeted } : {}) }
   }
 
   return {
     apply: (rules) => serial(() => reconcile(rules)),
     list: () => [...listeners.values()].map((l) => l.rule),
+    listeners: () => [...listeners.values()].map((l) => l.stats()),
     stats() {
       let bytes = closedBytes
       for (const c of conns) bytes += c.client.bytesRead + c.upstream.bytesRead
@@ -513,10 +623,24 @@ function abort(sock: net.Socket): void {
 
 function invalid(rule: RelayRule): string | undefined {
   if (rule?.proto !== 'tcp' && rule?.proto !== 'udp') return `proto must be tcp or udp`
-  if (!net.isIPv6(rule.listen?.host ?? '')) return `listen host must be an IPv6 address: ${rule.listen?.host}`
+  if (!net.isIP(rule.listen?.host ?? '')) return `listen host must be an IP address: ${rule.listen?.host}`
   if (!net.isIP(rule.target?.host ?? '')) return `target host must be an IP address: ${rule.target?.host}`
   for (const p of [rule.listen.port, rule.target.port]) if (!Number.isInteger(p) || p < 1 || p > 65_535) return `bad port: ${p}`
+  if (rule.graceMs !== undefined && !(Number.isFinite(rule.graceMs) && rule.graceMs >= 0 && rule.graceMs <= 2 ** 31 - 1)) return `bad graceMs: ${rule.graceMs}`
   return undefined
+}
+
+const sameRule = (a: RelayRule, b: RelayRule) =>
+  ruleKey(a) === ruleKey(b) && a.tag === b.tag && !!a.proxyProtocol === !!b.proxyProtocol && (a.graceMs ?? 0) === (b.graceMs ?? 0)
+
+/** The PROXY v2 header for an accepted connection: its client, and the address and port it reached. */
+function proxyHeaderOf(accepted: net.Socket): Buffer | undefined {
+  try {
+    return proxyV2Header({ host: accepted.remoteAddress ?? '', port: accepted.remotePort ?? 0 }, { host: accepted.localAddress ?? '', port: accepted.localPort ?? 0 })
+  } catch {
+    // The client is already gone (no address): the connection fails on its own.
+    return undefined
+  }
 }
 
 /** One spelling per address, so `2001:DB8:0::1` and `2001:db8::1` are the same listener. */
@@ -525,11 +649,19 @@ function canonical(host: string): string {
   return new URL(`http://[${host}]/`).hostname.slice(1, -1)
 }
 
+function hostPort(host: string, port: number): string {
+  const h = canonical(host)
+  return `${net.isIPv6(h) ? `[${h}]` : h}:${port}`
+}
+
 function listenKey(rule: RelayRule): string {
-  return `${rule.proto} [${canonical(rule.listen.host)}]:${rule.listen.port}`
+  return `${rule.proto} ${hostPort(rule.listen.host, rule.listen.port)}`
+}
+
+function targetKey(rule: RelayRule): string {
+  return hostPort(rule.target.host, rule.target.port)
 }
 
 export function ruleKey(rule: RelayRule): string {
-  const t = canonical(rule.target.host)
-  return `${listenKey(rule)} > ${net.isIPv6(t) ? `[${t}]` : t}:${rule.target.port}`
+  return `${listenKey(rule)} > ${targetKey(rule)}`
 }

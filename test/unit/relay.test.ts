@@ -34,7 +34,7 @@ describe('relay rules (no network)', () => {
     const relay = createRelay()
     const bad = [
       { proto: 'sctp', listen: { host: R6, port: 1 }, target: { host: DEV, port: 1 } },
-      { proto: 'tcp', listen: { host: '198.18.0.1', port: 1 }, target: { host: DEV, port: 1 } },
+      { proto: 'tcp', listen: { host: 'router.lan', port: 1 }, target: { host: DEV, port: 1 } },
       { proto: 'tcp', listen: { host: R6, port: 1 }, target: { host: 'device.lan', port: 1 } },
       { proto: 'tcp', listen: { host: R6, port: 0 }, target: { host: DEV, port: 1 } },
       { proto: 'tcp', listen: { host: R6, port: 1 }, target: { host: DEV, port: 70000 } },
