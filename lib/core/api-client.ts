@@ -16,8 +16,9 @@ export async function apiGet(config: Pick<Config, 'apiHost' | 'apiPort' | 'apiTo
     try { body = JSON.parse(text) } catch { body = text }
     return { status: res.status, body }
   } catch (err) {
-    const cause = (err as { cause?: { code?: string } }).cause?.code
-    return cause ?? (err as Error).message
+    // fetch says only "fetch failed": the reason is its cause's (ECONNREFUSED, or a message).
+    const cause = (err as { cause?: { code?: string; message?: string } }).cause
+    return cause?.code ?? cause?.message ?? (err as Error).message
   }
 }
 

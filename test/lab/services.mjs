@@ -8,6 +8,11 @@
 //   node services.mjs device --name NAME --log FILE [--ready FILE]
 //       IPv4 only: HTTP on 0.0.0.0:80 answering "device <name> peer <peer address>\n",
 //       TCP echo on 0.0.0.0:23, UDP echo on 0.0.0.0:7.
+//   node services.mjs home --addrs A,B,... --log FILE [--ready FILE]
+//       Dual-stack, for the forwarder lab's home server: HTTP on [::]:80 answering
+//       "home <local address> peer <peer address>\n", TCP echo on [::]:23, and a UDP echo on port 7 of
+//       each address in --addrs (one socket each, so every datagram's local address is known). Its log
+//       lines carry the local address too: "<proto> <peer> <local>".
 //
 // Every peer is appended to the --log file as one line "<proto> <address>" (proto: http, tcp, udp),
 // with IPv4-mapped IPv6 addresses (::ffff:a.b.c.d) written as plain IPv4.
@@ -37,9 +42,9 @@ function plain(address) {
 const opts = parseArgs(process.argv.slice(2))
 if (!opts.log) throw new Error('--log FILE is required')
 
-function logPeer(proto, address) {
+function logPeer(proto, address, local) {
   try {
-    appendFileSync(opts.log, `${proto} ${plain(address)}\n`)
+    appendFileSync(opts.log, `${proto} ${plain(address)}${local ? ` ${plain(local)}` : ''}\n`)
   } catch {
     // the lab dir may be going away during teardown
   }
@@ -102,7 +107,41 @@ async function device() {
   })
 }
 
-const modes = { upstream, device }
+async function home() {
+  const addrs = (opts.addrs ?? '').split(',').filter(Boolean)
+  if (addrs.length === 0) throw new Error('--addrs A,B,... is required')
+  const web = createServer((req, res) => {
+    const peer = plain(req.socket.remoteAddress)
+    const local = plain(req.socket.localAddress)
+    logPeer('http', peer, local)
+    const body = `home ${local} peer ${peer}\n`
+    res.writeHead(200, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body), connection: 'close' })
+    res.end(body)
+  })
+  await listen(web, 80, '::')
+  const echo = createTcpServer((socket) => {
+    logPeer('tcp', socket.remoteAddress, socket.localAddress)
+    socket.on('error', () => socket.destroy())
+    socket.pipe(socket)
+  })
+  await listen(echo, 23, '::')
+  for (const address of addrs) {
+    const udp = createSocket(address.includes(':') ? 'udp6' : 'udp4')
+    udp.on('message', (msg, rinfo) => {
+      logPeer('udp', rinfo.address, address)
+      udp.send(msg, rinfo.port, rinfo.address)
+    })
+    await new Promise((resolve, reject) => {
+      udp.once('error', reject)
+      udp.bind(7, address, () => {
+        udp.off('error', reject)
+        resolve()
+      })
+    })
+  }
+}
+
+const modes = { upstream, device, home }
 const run = modes[opts.mode]
 if (!run) throw new Error(`unknown mode ${opts.mode}: one of ${Object.keys(modes).join(', ')}`)
 await run()
