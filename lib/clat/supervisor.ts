@@ -7,6 +7,7 @@
 import { existsSync } from 'node:fs'
 import { clatConfig, clatPlan, CLAT_INSTANCE as INSTANCE, CLAT_MTU, CLAT_TUN, type ClatDevice, type ClatPlan } from './plan.ts'
 import { hasRole, type Config } from '../core/config.ts'
+import { exposition, flag, single } from '../core/prometheus.ts'
 import { defineSupervisor } from '../core/supervisor.ts'
 import { getLink } from '../net/ip.ts'
 import { listRules, PREF_CLAT } from '../net/route.ts'
@@ -123,10 +124,15 @@ export const clatSupervisor = defineSupervisor({
       lastError = undefined
     }
 
+    /** What the running tayga was plumbed for; undefined when none runs. */
+    function current(c: Config): { pid?: number; now?: typeof applied } {
+      const pid = taygaPid(c.runDir, INSTANCE)
+      return { pid, now: pid !== undefined && applied?.key.startsWith(`${pid}\n`) ? applied : undefined }
+    }
+
     async function state(): Promise<ClatState> {
       const c = config()
-      const pid = taygaPid(c.runDir, INSTANCE)
-      const now = pid !== undefined && applied?.key.startsWith(`${pid}\n`) ? applied : undefined
+      const { pid, now } = current(c)
       const p = await plan(c)
       return { enabled: c.clat, idle: p.idle, prefix: p.prefix, running: now !== undefined, pid, routerAddress: now?.routerAddress, lastError, devices: now?.devices ?? [] }
     }
@@ -139,6 +145,16 @@ export const clatSupervisor = defineSupervisor({
       },
       // GET /clat: whether 464XLAT is translating, why not, and each device's CLAT address.
       routes: [{ method: 'GET', path: '/clat', handler: () => state() }],
+      // From memory and tayga's pid file: no `ip` per scrape.
+      metrics() {
+        const c = config()
+        const { now } = current(c)
+        return exposition([
+          single('dualgate_clat_enabled', 'gauge', 'Whether 464XLAT is turned on (clat) on this gateway.', flag(c.clat && hasRole(c, 'gateway'))),
+          single('dualgate_clat_running', 'gauge', 'Whether the CLAT tayga runs with every translated device plumbed.', flag(now !== undefined)),
+          single('dualgate_clat_mapped_devices', 'gauge', 'Devices whose IPv4 the CLAT translates now.', now?.devices.length ?? 0),
+        ])
+      },
     }
   },
 })

@@ -26,8 +26,11 @@ export interface SupervisorParts {
   close?(): Promise<void>
   /** Its API routes (GET /relay, GET /nat64, ...). */
   routes?: ApiRoute[]
-  /** Prometheus text exposition lines, each family with its HELP and TYPE, appended to GET /metrics ('' for none). */
-  metrics?(): string
+  /**
+   * Prometheus text exposition lines, each family with its HELP and TYPE, appended to GET /metrics ('' for none);
+   * lib/core/prometheus.ts writes them.
+   */
+  metrics?(): string | Promise<string>
   /** What it adds to GET /health under its name; undefined when it has nothing to report now. */
   health?(): Record<string, unknown> | undefined
 }
@@ -46,7 +49,7 @@ export interface Supervisor {
   /** Resolves when a pass that started after this call has finished. */
   request(): Promise<void>
   routes: ApiRoute[]
-  metrics?(): string
+  metrics?(): string | Promise<string>
   health?(): Record<string, unknown> | undefined
   close(): Promise<void>
 }

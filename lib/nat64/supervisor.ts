@@ -4,6 +4,8 @@
 // NAT64 working and its successor adopts the process when its config file still matches.
 import { retryDelaySeconds } from '../core/backoff.ts'
 import { hasRole, type Config } from '../core/config.ts'
+import { exposition, flag, single } from '../core/prometheus.ts'
+import type { Data } from '../core/schema.ts'
 import { defineSupervisor } from '../core/supervisor.ts'
 import { isIpv4 } from '../addr/ipv4.ts'
 import { mappedAddress, overlaps4 } from '../addr/nat64.ts'
@@ -25,6 +27,9 @@ export interface Nat64State extends Nat64Status {
   /** Where IPv6 clients reach each active device. */
   devices: { mac: string; lanIpv4: string; address: string }[]
 }
+
+/** Active devices with a LAN IPv4: those IPv6 clients reach through NAT64. */
+const mappable = (data: Data) => Object.values(data.devices).filter((d) => d.status === 'active' && d.lanIpv4 && isIpv4(d.lanIpv4))
 
 export const nat64Supervisor = defineSupervisor({
   name: 'nat64',
@@ -127,8 +132,7 @@ export const nat64Supervisor = defineSupervisor({
       const running = taygaPid(c.runDir, INSTANCE)
       const data = await store.snapshot()
       const devices = status.prefix
-        ? Object.values(data.devices).filter((d) => d.status === 'active' && d.lanIpv4 && isIpv4(d.lanIpv4))
-          .map((d) => ({ mac: d.mac, lanIpv4: d.lanIpv4!, address: mappedAddress(status.prefix!, d.lanIpv4!) }))
+        ? mappable(data).map((d) => ({ mac: d.mac, lanIpv4: d.lanIpv4!, address: mappedAddress(status.prefix!, d.lanIpv4!) }))
         : []
       return {
         ...status,
@@ -149,6 +153,16 @@ export const nat64Supervisor = defineSupervisor({
       },
       // GET /nat64: whether NAT64 is on and can run, the tayga process, the prefix and pool, each device's address.
       routes: [{ method: 'GET', path: '/nat64', handler: () => state() }],
+      async metrics() {
+        const c = config()
+        const running = taygaPid(c.runDir, INSTANCE) !== undefined
+        return exposition([
+          single('dualgate_nat64_enabled', 'gauge', 'Whether NAT64 is turned on (nat64) on this gateway.', flag(c.nat64 && hasRole(c, 'gateway'))),
+          single('dualgate_nat64_running', 'gauge', 'Whether the NAT64 tayga runs.', flag(running)),
+          single('dualgate_nat64_mapped_devices', 'gauge', 'Devices IPv6 clients reach through NAT64 (0 while tayga does not run).', running ? mappable(await store.snapshot()).length : 0),
+          single('dualgate_nat64_restarts_total', 'counter', 'Times the NAT64 tayga exited and was started again.', restarts),
+        ])
+      },
     }
   },
 })

@@ -3,8 +3,9 @@
 // so that a listener whose address was not configured yet (EADDRNOTAVAIL) is retried.
 import { hasRole } from '../core/config.ts'
 import { openFileLimit } from '../core/limits.ts'
+import { exposition, single, snakeCase } from '../core/prometheus.ts'
 import { defineSupervisor } from '../core/supervisor.ts'
-import { createRelay, ruleKey, type ApplyResult, type RelayRule } from './relay.ts'
+import { createRelay, ruleKey, type ApplyResult, type RelayRule, type RelayStats } from './relay.ts'
 import { relayView, syncTunnelAddresses } from './relay-view.ts'
 
 export const relaySupervisor = defineSupervisor({
@@ -43,6 +44,31 @@ export const relaySupervisor = defineSupervisor({
       // GET /relay: the listeners open now, those that failed and why, traffic counters, and the runner's
       // open-file limit (each relayed connection takes two descriptors).
       routes: [{ method: 'GET', path: '/relay', handler: () => ({ rules: relay.list(), failed, stats: relay.stats(), openFileLimit: openFileLimit() }) }],
+      metrics: () => relayMetrics(relay.list(), failed.length, relay.stats()),
     }
   },
 })
+
+/** The relay's part of GET /metrics. Its counters start at 0 when the runner starts. */
+export function relayMetrics(open: RelayRule[], failed: number, stats: RelayStats): string {
+  return exposition([
+    {
+      name: 'dualgate_relay_listeners',
+      type: 'gauge',
+      help: 'Relay listeners open, by protocol.',
+      samples: (['tcp', 'udp'] as const).map((proto) => ({ labels: { proto }, value: open.filter((r) => r.proto === proto).length })),
+    },
+    single('dualgate_relay_listeners_failed', 'gauge', 'Relay listeners that could not listen at the last pass (retried every pass).', failed),
+    single('dualgate_relay_tcp_connections', 'gauge', 'TCP connections being relayed.', stats.tcpActive),
+    single('dualgate_relay_tcp_connections_total', 'counter', 'TCP connections accepted by the relay.', stats.tcpTotal),
+    single('dualgate_relay_udp_sessions', 'gauge', 'UDP sessions being relayed.', stats.udpSessions),
+    single('dualgate_relay_bytes_total', 'counter', 'Payload bytes the relay received from either side, TCP and UDP.', stats.bytes),
+    single('dualgate_relay_buffer_bytes', 'gauge', 'Read-buffer bytes held beyond the first 16 KiB of each connection.', stats.bufferBytes),
+    {
+      name: 'dualgate_relay_refusals_total',
+      type: 'counter',
+      help: 'TCP connections reset and new UDP sessions dropped by the relay, by the limit that refused them.',
+      samples: Object.entries(stats.refused).sort(([a], [b]) => a.localeCompare(b)).map(([reason, value]) => ({ labels: { reason: snakeCase(reason) }, value })),
+    },
+  ])
+}

@@ -4,32 +4,61 @@
 import { getRouterParam, HTTPError } from 'h3'
 import { badRequest, createApi, notFound, readJson, type ApiContext, type ApiOptions, type ApiRoute, type RunnerControl } from '../core/api.ts'
 import { EventError, parseEvent, type HookEvent } from '../core/event.ts'
-import { labelValue } from '../core/prometheus.ts'
+import { exposition, flag, single, type Family, type Sample } from '../core/prometheus.ts'
 import { DEVICE_STATUSES, type Data } from '../core/schema.ts'
 import type { Supervisor } from '../core/supervisor.ts'
 import { deviceRoutes } from '../devices/routes.ts'
 import { countDevices } from '../devices/status.ts'
 import { forwardRoutes } from '../reach/routes.ts'
+import { statusPageRoutes } from '../status-page/routes.ts'
 import { portRoutes } from '../tunnels/routes.ts'
 
-/** Prometheus text exposition format 0.0.4. */
-export function metrics(data: Data, jobNames: string[]): string {
-  const lines: string[] = []
-  const family = (name: string, type: 'gauge' | 'counter', help: string, samples: [string, number][]) => {
-    lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`)
-    for (const [labels, value] of samples) lines.push(`${name}${labels} ${value}`)
-  }
+/** What the runner itself reports to GET /metrics (lib/runner/main.ts hands over a function that reads it). */
+export interface RunnerStats {
+  residentMemoryBytes: number
+  startTimeSeconds: number
+  /** Events waiting for a run: in bursts being coalesced, and in follow-up runs. */
+  eventQueueLength: number
+  /** Spool files whose events not every run they went to has handled yet. */
+  spoolBacklog: number
+  eventsDropped: number
+}
+
+/** The runner's own families (Prometheus text exposition format 0.0.4): the store's, the jobs', the process's. */
+export function runnerFamilies(data: Data, live: { name: string; running: boolean }[], stats?: RunnerStats): Family[] {
   const counts = countDevices(data)
-  family('dualgate_devices', 'gauge', 'Devices in the store, by status.', DEVICE_STATUSES.map((s) => [`{status="${s}"}`, counts[s]]))
-  family('dualgate_forwards', 'gauge', 'Port forwards in the store.', [['', data.forwards.length]])
-  const jobs = [...new Set([...jobNames, ...Object.keys(data.jobs)])].sort()
-  const label = (job: string) => `{job="${labelValue(job)}"}`
-  family('dualgate_job_runs_total', 'counter', 'Job runs recorded.', jobs.map((j) => [label(j), data.jobs[j]?.runs ?? 0]))
-  family('dualgate_job_failures_total', 'counter', 'Job runs that failed.', jobs.map((j) => [label(j), data.jobs[j]?.failures ?? 0]))
-  family('dualgate_job_last_run_timestamp_seconds', 'gauge', 'Start of the last run of each job (Unix time).',
-    jobs.filter((j) => data.jobs[j]?.last).map((j) => [label(j), Date.parse(data.jobs[j].last!.startedAt) / 1000]))
-  family('dualgate_store_writes_total', 'counter', 'Writes of the store file.', [['', data.meta.writes]])
-  return `${lines.join('\n')}\n`
+  const forwards = (['tcp', 'udp'] as const).flatMap((proto) => (['4', '6', 'both'] as const).map((family) => ({
+    labels: { proto, family },
+    value: data.forwards.filter((f) => f.proto === proto && f.family === family).length,
+  })))
+  // `job` is the label Prometheus gives every target: a job's name goes in `job_name`.
+  const jobs = [...new Set([...live.map((j) => j.name), ...Object.keys(data.jobs)])].sort()
+  const perJob = (value: (job: string) => number | undefined): Sample[] => jobs.flatMap((j) => {
+    const v = value(j)
+    return v === undefined ? [] : [{ labels: { job_name: j }, value: v }]
+  })
+  const last = (j: string) => data.jobs[j]?.last
+  const families: Family[] = [
+    { name: 'dualgate_devices', type: 'gauge', help: 'Devices in the store, by status.', samples: DEVICE_STATUSES.map((s) => ({ labels: { status: s }, value: counts[s] })) },
+    { name: 'dualgate_forwards', type: 'gauge', help: 'Port forwards in the store, by protocol and by the IP family clients use (4, 6 or both).', samples: forwards },
+    { name: 'dualgate_job_runs_total', type: 'counter', help: 'Job runs recorded.', samples: perJob((j) => data.jobs[j]?.runs ?? 0) },
+    { name: 'dualgate_job_failures_total', type: 'counter', help: 'Job runs that failed.', samples: perJob((j) => data.jobs[j]?.failures ?? 0) },
+    { name: 'dualgate_job_last_run_timestamp_seconds', type: 'gauge', help: 'Start of the last run of each job (Unix time).', samples: perJob((j) => (last(j) ? Date.parse(last(j)!.startedAt) / 1000 : undefined)) },
+    { name: 'dualgate_job_last_run_duration_seconds', type: 'gauge', help: 'How long the last run of each job took.', samples: perJob((j) => (last(j) ? last(j)!.durationMs / 1000 : undefined)) },
+    { name: 'dualgate_job_last_run_success', type: 'gauge', help: 'Whether the last run of each job succeeded (1) or failed (0).', samples: perJob((j) => (last(j) ? flag(last(j)!.ok) : undefined)) },
+    { name: 'dualgate_job_running', type: 'gauge', help: 'Whether a run of the job is in progress.', samples: live.map((j) => ({ labels: { job_name: j.name }, value: flag(j.running) })).sort((a, b) => a.labels.job_name.localeCompare(b.labels.job_name)) },
+    single('dualgate_store_writes_total', 'counter', 'Writes of the store file.', data.meta.writes),
+  ]
+  if (stats) {
+    families.push(
+      single('process_resident_memory_bytes', 'gauge', 'Resident memory size of the runner.', stats.residentMemoryBytes),
+      single('process_start_time_seconds', 'gauge', 'Start time of the runner since the Unix epoch.', stats.startTimeSeconds),
+      single('dualgate_runner_event_queue_length', 'gauge', 'Hook events waiting for a job run (coalescing, or waiting for the run in progress to end).', stats.eventQueueLength),
+      single('dualgate_runner_spool_backlog_files', 'gauge', 'Spool files whose events are not handled yet.', stats.spoolBacklog),
+      single('dualgate_runner_events_dropped_total', 'counter', 'Hook events dropped: the same as one already waiting, or past the bound of events waiting for one job.', stats.eventsDropped),
+    )
+  }
+  return families
 }
 
 function jobList(api: ApiContext, data: Data) {
@@ -64,12 +93,13 @@ function supervisorHealth(supervisors: SupervisorReports[]): Record<string, unkn
   }))
 }
 
-/** The supervisors' metric families, after the runner's own; each ends with a newline. */
-function supervisorMetrics(supervisors: SupervisorReports[]): string {
-  return supervisors.map((s) => s.metrics?.() ?? '').filter(Boolean).map((t) => (t.endsWith('\n') ? t : `${t}\n`)).join('')
+/** The supervisors' metric families, after the runner's own, in the supervisors' order; each ends with a newline. */
+async function supervisorMetrics(supervisors: SupervisorReports[]): Promise<string> {
+  const texts = await Promise.all(supervisors.map((s) => s.metrics?.() ?? ''))
+  return texts.filter(Boolean).map((t) => (t.endsWith('\n') ? t : `${t}\n`)).join('')
 }
 
-const runnerRoutes = (supervisors: SupervisorReports[]): ApiRoute[] => [
+const runnerRoutes = (supervisors: SupervisorReports[], stats?: () => RunnerStats): ApiRoute[] => [
   {
     method: 'GET',
     path: '/health',
@@ -89,7 +119,7 @@ const runnerRoutes = (supervisors: SupervisorReports[]): ApiRoute[] => [
     method: 'GET',
     path: '/metrics',
     async handler(_e, api) {
-      const text = metrics(await api.store.snapshot(), api.runner?.jobs().map((j) => j.name) ?? []) + supervisorMetrics(supervisors)
+      const text = exposition(runnerFamilies(await api.store.snapshot(), api.runner?.jobs() ?? [], stats?.())) + await supervisorMetrics(supervisors)
       return new Response(text, { headers: { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' } })
     },
   },
@@ -124,10 +154,10 @@ const runnerRoutes = (supervisors: SupervisorReports[]): ApiRoute[] => [
 ]
 
 /**
- * The runner's API: its own routes, the devices' and the forwards', and `routes` (the supervisors'); the
- * `supervisors` add to /health and /metrics.
+ * The runner's API: its own routes, the devices', the forwards', the status page's, and `routes` (the supervisors'); the
+ * `supervisors` add to /health and /metrics, and `stats` (the runner's own numbers) to /metrics.
  */
-export function createRunnerApi(opts: Omit<ApiOptions, 'routes'> & { routes?: ApiRoute[]; supervisors?: SupervisorReports[] }) {
-  const { supervisors = [], routes = [], ...rest } = opts
-  return createApi({ ...rest, routes: [...runnerRoutes(supervisors), ...deviceRoutes, ...forwardRoutes, ...portRoutes, ...routes] })
+export function createRunnerApi(opts: Omit<ApiOptions, 'routes'> & { routes?: ApiRoute[]; supervisors?: SupervisorReports[]; stats?: () => RunnerStats }) {
+  const { supervisors = [], routes = [], stats, ...rest } = opts
+  return createApi({ ...rest, routes: [...runnerRoutes(supervisors, stats), ...deviceRoutes, ...forwardRoutes, ...portRoutes, ...statusPageRoutes, ...routes] })
 }

@@ -2,6 +2,8 @@
 
 export interface Coalescer<T> {
   add(key: string, item: T): void
+  /** Items waiting in bursts, across keys. */
+  pending(): number
   /** Cancels the timers and hands back what was waiting (nothing is flushed). */
   takeAll(): Map<string, T[]>
 }
@@ -50,6 +52,7 @@ export function createCoalescer<T>(o: CoalesceOptions<T>): Coalescer<T> {
       bursts.set(key, burst)
       arm(key, burst)
     },
+    pending: () => [...bursts.values()].reduce((n, b) => n + b.items.length, 0),
     takeAll() {
       const out = new Map<string, T[]>()
       for (const [k, b] of bursts) {

@@ -17,6 +17,8 @@ export interface JobQueue {
   request(job: string, batch: Batch): 'started' | 'queued' | 'closed'
   running(job: string): boolean
   queued(job: string): boolean
+  /** Events waiting in follow-up runs, across jobs. */
+  pending(): number
   /** Stops starting runs; returns the follow-ups that will not run now. */
   close(): Map<string, Batch>
   /** Resolves when no run is in progress. */
@@ -90,6 +92,7 @@ export function createQueue(run: (job: string, batch: Batch) => Promise<void>, o
     },
     running: (job) => active.has(job),
     queued: (job) => next.has(job),
+    pending: () => [...next.values()].reduce((n, b) => n + b.items.length, 0),
     close() {
       closed = true
       const left = new Map(next)

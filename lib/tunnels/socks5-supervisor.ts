@@ -4,8 +4,9 @@
 // retried every pass and reported once per distinct error.
 import type { Config } from '../core/config.ts'
 import { openFileLimit } from '../core/limits.ts'
+import { exposition, flag, single, snakeCase, type Family } from '../core/prometheus.ts'
 import { defineSupervisor } from '../core/supervisor.ts'
-import { startSocks5, type Socks5Server, type Socks5Stats } from './socks5.ts'
+import { REPLY, startSocks5, type Socks5Server, type Socks5Stats } from './socks5.ts'
 
 export interface Socks5State {
   enabled: boolean
@@ -83,6 +84,46 @@ export const socks5Supervisor = defineSupervisor({
           }
         },
       }],
+      metrics: () => (config().socks5 ? socks5Metrics(server?.stats()) : ''),
     }
   },
 })
+
+/** The SOCKS5 server's part of GET /metrics, while socks5 is on; its counters start at 0 when it (re)starts. */
+export function socks5Metrics(stats: Socks5Stats | undefined): string {
+  const families: Family[] = [single('dualgate_socks5_listening', 'gauge', 'Whether the SOCKS5 server listens.', flag(stats !== undefined))]
+  if (stats) {
+    families.push(
+      single('dualgate_socks5_connections', 'gauge', 'SOCKS5 connections open.', stats.active),
+      single('dualgate_socks5_connections_total', 'counter', 'SOCKS5 connections accepted.', stats.total),
+      single('dualgate_socks5_bytes_total', 'counter', 'Payload bytes the SOCKS5 server carried either way.', stats.bytes),
+      {
+        name: 'dualgate_socks5_replies_total',
+        type: 'counter',
+        help: 'SOCKS5 replies sent, by reply.',
+        samples: (Object.keys(REPLY) as (keyof typeof REPLY)[]).map((r) => ({ labels: { reply: snakeCase(r) }, value: stats.replies[r] ?? 0 })),
+      },
+      {
+        name: 'dualgate_socks5_closed_total',
+        type: 'counter',
+        help: 'SOCKS5 connections closed by the server, by reason.',
+        samples: [
+          { labels: { reason: 'malformed' }, value: stats.malformed },
+          { labels: { reason: 'handshake_timeout' }, value: stats.handshakeTimeouts },
+          { labels: { reason: 'idle_timeout' }, value: stats.idleTimeouts },
+          { labels: { reason: 'auth_failure' }, value: stats.authFailures },
+        ],
+      },
+      {
+        name: 'dualgate_socks5_refusals_total',
+        type: 'counter',
+        help: 'SOCKS5 connections refused, by the limit that refused them.',
+        samples: [
+          { labels: { reason: 'connections' }, value: stats.refused.connections },
+          { labels: { reason: 'connections_per_source' }, value: stats.refused.connectionsPerSource },
+        ],
+      },
+    )
+  }
+  return exposition(families)
+}

@@ -22,6 +22,8 @@ import { tunnelMetrics } from './metrics.ts'
 /** A WireGuard session without a handshake for this long is dead (rekeying happens every 120 s under traffic). */
 export const WG_HANDSHAKE_STALE_S = 180
 const SWITCHES_KEPT = 20
+/** Checks kept per tunnel for its latency history (the status page): 10 minutes at the default interval. */
+export const HISTORY_KEPT = 60
 
 export interface TunnelStatus {
   name: string
@@ -40,6 +42,8 @@ export interface TunnelStatus {
   /** WireGuard: seconds since the latest handshake (undefined: none yet). */
   handshakeAgeS?: number
   lastFault?: string
+  /** The last checks, oldest first, at most HISTORY_KEPT (latency undefined: no reply). */
+  history?: { at: string; latencyMs?: number; lossPct: number }[]
 }
 
 export interface Switch { at: string; from?: string; to?: string; reason: string }
@@ -85,6 +89,7 @@ export const tunnelSupervisor = defineSupervisor({
   followStore: true,
   setup({ store, config, sh, log }) {
     const health = new Map<string, Health>()
+    const history = new Map<string, Check[]>()
     const observed = new Map<string, Observed>()
     const eligibleSince = new Map<string, number>()
     const switches: Switch[] = []
@@ -156,7 +161,12 @@ export const tunnelSupervisor = defineSupervisor({
     async function pass(): Promise<void> {
       const c = config()
       const tunnels = configuredTunnels(c).filter((t) => t.enabled)
-      for (const name of health.keys()) if (!tunnels.some((t) => t.name === name)) health.delete(name)
+      for (const name of health.keys()) {
+        if (!tunnels.some((t) => t.name === name)) {
+          health.delete(name)
+          history.delete(name)
+        }
+      }
       if (tunnels.length === 0) return
       const now = Date.now()
       const due = tunnels.filter((t) => now - (health.get(t.name)?.checks.at(-1)?.at ?? 0) >= c.tunnelProbeInterval * 1000 - 100)
@@ -170,6 +180,7 @@ export const tunnelSupervisor = defineSupervisor({
         const before = health.get(t.name) ?? newHealth(now)
         const after = nextHealth(before, result, t0)
         health.set(t.name, after)
+        history.set(t.name, [...(history.get(t.name) ?? []), result].slice(-HISTORY_KEPT))
         if (after.state !== before.state && (after.state === 'down' || before.state === 'down')) {
           const s = stats(after)
           log().info(`tunnel ${t.name}: ${before.state} -> ${after.state} (loss ${lossPct(result)} %, score ${s.score}${result.fault ? `; ${result.fault}` : ''})`)
@@ -200,6 +211,11 @@ export const tunnelSupervisor = defineSupervisor({
           lastCheck: last ? new Date(last.at).toISOString() : undefined,
           handshakeAgeS: seen.handshakeAgeS,
           lastFault: [...(h?.checks ?? [])].reverse().find((x) => x.fault)?.fault,
+          history: (history.get(t.name) ?? []).map((c) => ({
+            at: new Date(c.at).toISOString(),
+            latencyMs: c.latencyMs === undefined ? undefined : Math.round(c.latencyMs * 10) / 10,
+            lossPct: lossPct(c),
+          })),
         }
       })
     }

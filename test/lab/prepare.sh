@@ -23,7 +23,7 @@ fi
 tools="ip:iproute2 nft:nftables dnsmasq:dnsmasq-base udhcpc:udhcpc dhclient:isc-dhcp-client
 arping:arping rdisc6:ndisc6 socat:socat haproxy:haproxy iperf3:iperf3 tayga:tayga busybox:busybox curl:curl
 qemu-system-x86_64:qemu-system-x86 depmod:kmod wg:wireguard-tools ping:iputils-ping
-wireguard-go:wireguard-go"
+wireguard-go:wireguard-go promtool:prometheus"
 
 PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 missing_cmds=""
@@ -45,7 +45,8 @@ fi
 if [ -n "$missing_cmds" ]; then
   echo "prepare: installing lab tools:$missing_pkgs" >&2
   export DEBIAN_FRONTEND=noninteractive
-  # haproxy's and iperf3's packages would start their services in the root namespace: policy-rc.d says no,
+  # haproxy's, iperf3's and prometheus's packages would start their services in the root namespace (the lab
+  # only wants prometheus's promtool, to check GET /metrics): policy-rc.d says no,
   # for the length of this install only (and only if no policy of the admin's is in place).
   policy=/usr/sbin/policy-rc.d
   own_policy=

@@ -9,6 +9,7 @@ import { loadConfig, type Config } from '../../lib/core/config.ts'
 import type { HookEvent } from '../../lib/core/event.ts'
 import { DEVICE_STATUSES, type Device, type DeviceStatus } from '../../lib/core/schema.ts'
 import { openStore, type Store } from '../../lib/core/store.ts'
+import { parseExposition } from './exposition.ts'
 
 const TOKEN = 'api-test-token'
 const dirs: string[] = []
@@ -145,14 +146,20 @@ describe('api', () => {
     const text = await res.text()
     for (const s of DEVICE_STATUSES) expect(text).toMatch(new RegExp(`^dualgate_devices\\{status="${s}"\\} \\d+$`, 'm'))
     expect(text).toContain('dualgate_devices{status="active"} 2\n')
-    expect(text).toContain('dualgate_job_runs_total{job="scan-arp"} 7\n')
-    expect(text).toContain('dualgate_job_failures_total{job="scan-arp"} 2\n')
-    expect(text).toContain('dualgate_job_runs_total{job="count"} 0\n')
-    expect(text).toContain('dualgate_job_runs_total{job="odd\\"job\\\\"} 1\n')
+    expect(text).toContain('dualgate_job_runs_total{job_name="scan-arp"} 7\n')
+    expect(text).toContain('dualgate_job_failures_total{job_name="scan-arp"} 2\n')
+    expect(text).toContain('dualgate_job_runs_total{job_name="count"} 0\n')
+    expect(text).toContain('dualgate_job_runs_total{job_name="odd\\"job\\\\"} 1\n')
+    expect(text).toContain('dualgate_job_last_run_success{job_name="scan-arp"} 0\n')
+    expect(text).toContain('dualgate_job_last_run_duration_seconds{job_name="scan-arp"} 0.012\n')
+    expect(text).toContain('dualgate_job_running{job_name="count"} 0\ndualgate_job_running{job_name="scan-arp"} 1\n')
     expect(text).toMatch(/^dualgate_store_writes_total [1-9]\d*$/m)
     expect(text).toContain('# TYPE dualgate_job_runs_total counter\n')
-    // Every line is a comment or `name{labels} number`.
-    for (const line of text.trimEnd().split('\n')) expect(line).toMatch(/^(# (HELP|TYPE) \w+ .+|[a-z_]+(\{[a-z]+="(?:[^"\\]|\\.)*"\})? -?[\d.e+]+)$/)
+    // Each family once, HELP and TYPE before its samples, labels escaped (the strict parser of ./exposition.ts).
+    const families = parseExposition(text)
+    expect(families.get('dualgate_forwards')?.samples).toHaveLength(6)
+    // Without the runner's own numbers (no `stats`), no process families.
+    expect(families.has('process_resident_memory_bytes')).toBe(false)
   })
 
   it('POST /jobs/:name/run needs the token, compared exactly', async () => {

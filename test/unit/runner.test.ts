@@ -420,7 +420,7 @@ describe('runner process', () => {
     const list = await (await fetch(`${r.url}/jobs`)).json() as { name: string; runs: number; failures: number; available: boolean }[]
     expect(list.find((j) => j.name === 'hang')).toMatchObject({ runs: 2, failures: 2, available: true })
     const metrics = await (await fetch(`${r.url}/metrics`)).text()
-    expect(metrics).toContain('dualgate_job_failures_total{job="hang"} 2')
+    expect(metrics).toContain('dualgate_job_failures_total{job_name="hang"} 2')
     // And it still runs a good job afterwards.
     await post(r, '/jobs/count/run', undefined, TOKEN)
     await waitFor(() => storeData(r.dataDir).jobs.count?.last?.ok === true, 20_000, () => r.output())

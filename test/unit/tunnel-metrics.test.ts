@@ -1,5 +1,5 @@
-// The tunnels' metrics, checked against the text exposition format by a small parser (promtool is not
-// installed here), the IPv6 part of /health, and GET /v6/address from the supervisor with a fake `ip`.
+// The tunnels' metrics, checked against the text exposition format by a strict parser (./exposition.ts),
+// the IPv6 part of /health, and GET /v6/address from the supervisor with a fake `ip`.
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
@@ -12,79 +12,11 @@ import { emptyData } from '../../lib/core/schema.ts'
 import type { Store } from '../../lib/core/store.ts'
 import { labelValue } from '../../lib/core/prometheus.ts'
 import { tunnelMetrics, type TunnelSample } from '../../lib/tunnels/metrics.ts'
+import { parseExposition } from './exposition.ts'
 import { ipv6Health, tunnelSupervisor, type TunnelStatus, type V6Addresses } from '../../lib/tunnels/supervisor.ts'
 
 const dir = mkdtempSync(path.join(tmpdir(), 'dg-tunnel-metrics-'))
 afterAll(() => rmSync(dir, { recursive: true, force: true }))
-
-interface Family { help?: string; type?: string; samples: { labels: Record<string, string>; value: number }[] }
-
-const NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/
-const SAMPLE = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/
-// A label value: anything but a backslash, a double quote or a line feed, or one of the three escapes.
-const LABEL = /^([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"(,|$)/
-const unescape = (v: string) => v.replace(/\\([\\"n])/g, (_m, c: string) => (c === 'n' ? '\n' : c))
-
-/**
- * Parses text exposition format 0.0.4 strictly, throwing at the first line that breaks a rule: each family's
- * HELP and TYPE once and before its samples, its samples in one block, valid names and escaped label values,
- * counters named *_total, no series twice, a newline at the end.
- */
-function parseExposition(text: string): Map<string, Family> {
-  if (!text.endsWith('\n')) throw new Error('no newline at the end')
-  const families = new Map<string, Family>()
-  const series = new Set<string>()
-  const closed = new Set<string>()
-  let current: string | undefined
-  const open = (name: string) => {
-    if (!NAME.test(name)) throw new Error(`bad metric name ${name}`)
-    if (current !== name) {
-      if (current) closed.add(current)
-      if (closed.has(name)) throw new Error(`${name}: its lines are not in one block`)
-      current = name
-    }
-    const f = families.get(name) ?? { samples: [] }
-    families.set(name, f)
-    return f
-  }
-  for (const line of text.slice(0, -1).split('\n')) {
-    const meta = /^# (HELP|TYPE) (\S+) (.+)$/.exec(line)
-    if (meta) {
-      const f = open(meta[2])
-      if (f.samples.length > 0) throw new Error(`${meta[2]}: ${meta[1]} after a sample`)
-      if (meta[1] === 'HELP') {
-        if (f.help !== undefined) throw new Error(`${meta[2]}: HELP twice`)
-        f.help = meta[3]
-      } else {
-        if (f.type !== undefined) throw new Error(`${meta[2]}: TYPE twice`)
-        if (!['counter', 'gauge', 'histogram', 'summary', 'untyped'].includes(meta[3])) throw new Error(`${meta[2]}: unknown type ${meta[3]}`)
-        if (meta[3] === 'counter' && !meta[2].endsWith('_total')) throw new Error(`${meta[2]}: a counter not named *_total`)
-        f.type = meta[3]
-      }
-      continue
-    }
-    if (line.startsWith('#')) throw new Error(`unexpected comment: ${line}`)
-    const m = SAMPLE.exec(line)
-    if (!m) throw new Error(`not a sample: ${JSON.stringify(line)}`)
-    const f = open(m[1])
-    if (f.help === undefined || f.type === undefined) throw new Error(`${m[1]}: a sample without HELP and TYPE before it`)
-    const labels: Record<string, string> = {}
-    for (let rest = m[2] ?? ''; rest !== '';) {
-      const l = LABEL.exec(rest)
-      if (!l) throw new Error(`${m[1]}: bad labels at ${JSON.stringify(rest)}`)
-      if (l[1] in labels) throw new Error(`${m[1]}: label ${l[1]} twice`)
-      labels[l[1]] = unescape(l[2])
-      rest = rest.slice(l[0].length)
-      if (l[3] === ',' && rest === '') throw new Error(`${m[1]}: trailing comma`)
-    }
-    if (!/^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$|^[+-]Inf$|^NaN$/.test(m[3])) throw new Error(`${m[1]}: bad value ${m[3]}`)
-    const key = `${m[1]}${JSON.stringify(labels)}`
-    if (series.has(key)) throw new Error(`${key} twice`)
-    series.add(key)
-    f.samples.push({ labels, value: Number(m[3]) })
-  }
-  return families
-}
 
 const wga: TunnelSample = { name: 'wga', type: 'wireguard', iface: 'wga', state: 'up', score: 100, latencyMs: 12.5, lossPct: 0, primary: true, rxBytes: 1500, txBytes: 3000 }
 const wgb: TunnelSample = { name: 'wgb', type: 'wireguard', iface: 'wgb', state: 'degraded', score: 70, latencyMs: 80, lossPct: 25, primary: false, rxBytes: 10, txBytes: 20 }
@@ -212,7 +144,7 @@ describe('the tunnel supervisor reports', () => {
       prefixes: [{ prefix: '2001:db8:a0::/48', tunnel: 'wga', reachable: false }],
     })
     expect(parts.health?.()).toEqual({ ipv6: { reachable: false, tunnels: { up: 0, total: 2 } } })
-    const families = parseExposition(parts.metrics!())
+    const families = parseExposition(await parts.metrics!())
     expect(families.get('dualgate_tunnel_up')?.samples.map((s) => s.value)).toEqual([0, 0])
   })
 })
@@ -247,18 +179,18 @@ describe('the tunnel supervisor during a check', () => {
     const log = { error() {}, warn() {}, info() {}, debug() {} } as unknown as Logger
     const store = { file: path.join(dir, 'none.json'), read: async () => data } as unknown as Store
     const parts = tunnelSupervisor.setup({ store, config: () => config, sh, log: () => log })
-    const tx = () => /^dualgate_tunnel_tx_bytes_total\{tunnel="ext",type="external",iface="ext0"\} (\d+)$/m.exec(parts.metrics!())?.[1]
+    const tx = async () => /^dualgate_tunnel_tx_bytes_total\{tunnel="ext",type="external",iface="ext0"\} (\d+)$/m.exec(await parts.metrics!())?.[1]
     vi.useFakeTimers({ toFake: ['Date'] })
     try {
       await parts.pass()
-      expect(tx()).toBe('200')
+      expect(await tx()).toBe('200')
       vi.setSystemTime(Date.now() + 2000)
       let release!: () => void
       hold = new Promise((resolve) => { release = resolve })
       const started = new Promise<void>((resolve) => { checking = resolve })
       const second = parts.pass()
       await started
-      expect(tx()).toBe('200')
+      expect(await tx()).toBe('200')
       expect(parts.health?.()).toEqual({ ipv6: { reachable: true, primary: 'ext', tunnels: { up: 1, total: 1 } } })
       release()
       await second
