@@ -70,6 +70,10 @@ const spec = {
   apiHost: [z.string().regex(/^[0-9A-Fa-f:.]+$|^localhost$/, 'expected an IP address'), '127.0.0.1'],
   apiPort: [int(1, 65535), 5050],
   apiToken: [z.string(), ''],
+  /** The runner's MCP server on a unix socket (root's, 0600): a path, relative to runDir; empty: <runDir>/mcp.sock; "off": none. */
+  mcpSocket: [z.string(), ''],
+  /** MCP tools that change state (forwards, job runs, tunnels up and down), through the API and its token. */
+  mcpWrite: [bool, false],
   jobTimeout: [int(1, 86_400), 300],
   coalesceWindow: [int(0, 60_000), 1000],
   maxParallel: [int(1, 512), 32],
@@ -379,6 +383,8 @@ const forwarderPeerSection: SectionSpec = {
     encaplimit: opt(bool, true),
   },
   check(p) {
+    const badPorts = p.ports === 'all' ? [] : (p.ports as string).split(',').filter((r) => { const [a, b] = r.split('-').map(Number); return a < 1 || a > 65_535 || (b !== undefined && (b > 65_535 || b <= a)) })
+    if (badPorts.length > 0) return `ports ${badPorts.join(',')}: ports are 1-65535 and a range goes from low to high`
     if (p.transport === 'wireguard' && !(p.privateKeyFile && p.peerPublicKey)) return 'transport wireguard needs private_key_file and peer_public_key'
     if (p.transport === 'ipip6' && (p.privateKeyFile || p.peerPublicKey)) return 'private_key_file and peer_public_key are for transport wireguard'
     return undefined
@@ -405,6 +411,7 @@ const DEFAULT_SCHEDULES: Record<string, string> = {
   diagnose: '17 * * * *',
   tunnels: '*/5 * * * *',
   'he-update': '*/15 * * * *',
+  forwarder: '*/1 * * * *',
 }
 
 export interface Loaded {
@@ -479,6 +486,7 @@ export function loadConfig(opts: LoadOptions = {}): Loaded {
   config.sections = sections
   config.dataDir = path.resolve(opts.cwd ?? process.cwd(), config.dataDir as string)
   config.runDir = path.resolve(opts.cwd ?? process.cwd(), config.runDir as string)
+  config.mcpSocket = config.mcpSocket === 'off' ? 'off' : path.resolve(config.runDir as string, (config.mcpSocket as string) || 'mcp.sock')
   if (config.persistDir) config.persistDir = path.resolve(opts.cwd ?? process.cwd(), config.persistDir as string)
   config.rootDir = path.resolve(opts.cwd ?? process.cwd(), config.rootDir as string)
   return { config: config as Config, sources }

@@ -111,6 +111,34 @@ export const heUpdateSchema = z.object({
 })
 export type HeUpdate = z.infer<typeof heUpdateSchema>
 
+/**
+ * A kernel-mode forwarder tunnel dualgate made (lib/forwarder/kernel-apply.ts), by interface: the VPS end of
+ * kernel forwards, or a home router's end (a forwarder peer). What removal needs once config no longer
+ * names it, and the far end's address with its last resolution.
+ */
+export const forwarderTunnelSchema = z.object({
+  side: z.enum(['forward', 'peer']),
+  transport: z.enum(['ipip6', 'wireguard']),
+  /** The forwards it carries (VPS end), or the peer's name (home end). */
+  names: z.array(z.string()),
+  /** The far end's IPv6 in use (the resolved target or remote). */
+  remote: z.string().optional(),
+  /**
+   * When the remote or the resolution's outcome last changed (not every resolution: the store is written
+   * only when something changed), and the error of the last resolution when it failed (remote is kept).
+   */
+  changedAt: isoTime.optional(),
+  resolveError: z.string().optional(),
+  /** VPS end: the routes (targetAddress/32) into it. */
+  routes: z.array(z.string()).default(() => []),
+  /** Home end: its routing table; the connection mark follows from it. */
+  table: z.number().int().min(1).max(252_000).optional(),
+  /** wireguard-go's pid when the kernel has no WireGuard. */
+  pid: z.number().int().optional(),
+  since: isoTime,
+})
+export type ForwarderTunnelRecord = z.infer<typeof forwarderTunnelSchema>
+
 export const dataSchema = z.object({
   version: z.literal(STORE_VERSION),
   devices: z.record(z.string(), deviceSchema).default(() => ({})),
@@ -121,6 +149,7 @@ export const dataSchema = z.object({
   tunnels: z.record(z.string(), tunnelRecordSchema).default(() => ({})),
   heUpdates: z.record(z.string(), heUpdateSchema).default(() => ({})),
   ports: z.array(portSchema).default(() => []),
+  forwarderTunnels: z.record(z.string(), forwarderTunnelSchema).default(() => ({})),
   meta: z.object({ createdAt: isoTime, writes: z.number().int().min(0) }),
 })
 export type Data = z.infer<typeof dataSchema>

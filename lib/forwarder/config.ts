@@ -127,6 +127,11 @@ export function configuredPeers(config: Pick<Config, 'sections'>): ForwarderPeer
   return (config.sections.forwarderPeers ?? []).map(peerFromSection)
 }
 
+/** Whether the forwarder job has anything to keep on this host: kernel-mode forwards, or forwarder peers. */
+export function hasKernelForwarding(config: Pick<Config, 'sections'>): boolean {
+  return configuredForwards(config).some((f) => f.mode === 'kernel') || configuredPeers(config).length > 0
+}
+
 /** The listening sockets a forward asks for, as `proto family port` keys (for clashes between forwards). */
 function listenKeys(f: Forward): string[] {
   const families = f.listen === 'both' ? ['4', '6'] : [f.listen]
@@ -157,8 +162,11 @@ export function forwardsProblem(forwards: Forward[]): string | undefined {
     }
   }
   const tunnels = new Map<string, KernelForward>()
-  for (const f of enabled) {
+  for (const [i, f] of enabled.entries()) {
     if (f.mode !== 'kernel') continue
+    // The VPS routes a target address into one tunnel: two homes' servers at the same LAN address cannot share it.
+    const sameAddress = enabled.slice(i + 1).find((g): g is KernelForward => g.mode === 'kernel' && g.targetAddress === f.targetAddress && g.tunnel.iface !== f.tunnel.iface)
+    if (sameAddress) return `forwards ${f.name} and ${sameAddress.name} send target_address ${f.targetAddress} through different tunnels (${f.tunnel.iface}, ${sameAddress.tunnel.iface}); the VPS routes an address into one tunnel only`
     const first = tunnels.get(f.tunnel.iface)
     if (!first) { tunnels.set(f.tunnel.iface, f); continue }
     if (first.target !== f.target || JSON.stringify(first.tunnel) !== JSON.stringify(f.tunnel)) {

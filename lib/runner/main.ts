@@ -24,8 +24,12 @@ import { nat64Supervisor } from '../nat64/supervisor.ts'
 import { relaySupervisor } from '../reach/relay-supervisor.ts'
 import { socks5Supervisor } from '../tunnels/socks5-supervisor.ts'
 import { hasTunnels } from '../tunnels/config.ts'
+import { hasKernelForwarding } from '../forwarder/config.ts'
+import { forwarderSupervisor } from '../forwarder/supervisor.ts'
 import { tunnelSupervisor } from '../tunnels/supervisor.ts'
-import { createRunnerApi } from './api.ts'
+import { startMcpSocket } from '../mcp/server.ts'
+import type { McpSocket } from '../mcp/transport.ts'
+import { createRunnerApi, type RunnerStats } from './api.ts'
 import { addBounded, createQueue, MAX_PENDING, type Batch, type Item } from './queue.ts'
 import { recordRun } from './record.ts'
 import { EVENT_JOBS, jobsFor } from './event-jobs.ts'
@@ -44,7 +48,7 @@ function makeLogger(config: Config): Logger {
 }
 
 /** What the runner keeps running beside the jobs, each on the supervisor helper (lib/core/supervisor.ts). */
-const SUPERVISORS = [relaySupervisor, nat64Supervisor, clatSupervisor, tunnelSupervisor, socks5Supervisor]
+const SUPERVISORS = [relaySupervisor, nat64Supervisor, clatSupervisor, tunnelSupervisor, socks5Supervisor, forwarderSupervisor]
 
 async function main(): Promise<void> {
   let config: Config
@@ -222,12 +226,20 @@ async function main(): Promise<void> {
   const sh = createSh({ dryRun: false })
   const supervisors = SUPERVISORS.map((def) => startSupervisor(def, { store, config: () => config, sh, log: () => log }))
   const closeSupervisors = () => Promise.all(supervisors.map((s) => s.close()))
-  const app = createRunnerApi({ store, config: () => config, runner, version: packageVersion(), log, routes: supervisors.flatMap((s) => s.routes), supervisors })
+  const stats = (): RunnerStats => ({
+    residentMemoryBytes: process.memoryUsage.rss(),
+    startTimeSeconds: performance.timeOrigin / 1000,
+    eventQueueLength: coalescer.pending() + queue.pending(),
+    spoolBacklog: claims.size,
+    eventsDropped: droppedEvents,
+  })
+  const app = createRunnerApi({ store, config: () => config, runner, version: packageVersion(), log, routes: supervisors.flatMap((s) => s.routes), supervisors, stats })
   const server = serve(app, { hostname: config.apiHost, port: config.apiPort, manual: true, silent: true, gracefulShutdown: false, node: serverOptions(API_LIMITS) })
   if (server.node?.server) guardServer(server.node.server as HttpServer, API_LIMITS)
   let schedule: Schedule | undefined
   const startSchedule = () => scheduleJobs(wantedSchedules(config), (j) => !!jobFile(j), (job) => request(job, { items: [], triggers: ['cron'] }), (m) => log.info(m))
   let watcher: SpoolWatcher | undefined
+  let mcp: McpSocket | undefined
 
   async function shutdown(signal: string): Promise<void> {
     if (stopping) return
@@ -235,7 +247,7 @@ async function main(): Promise<void> {
     log.info(`${signal}: stopping`)
     schedule?.stop()
     watcher?.close()
-    const closed = Promise.all([server.close(true).catch(() => {}), closeSupervisors()])
+    const closed = Promise.all([server.close(true).catch(() => {}), closeSupervisors(), mcp?.close()])
     const left = coalescer.takeAll()
     for (const [job, batch] of queue.close()) left.set(job, [...(left.get(job) ?? []), ...batch.items])
     await Promise.all([...left].map(([job, items]) => keep(job, items)))
@@ -261,11 +273,14 @@ async function main(): Promise<void> {
       if (next[key] !== config[key]) log.warn(`SIGHUP: ${key} changed to ${next[key]}; this takes effect after a restart`)
     }
     const tunnelsChanged = JSON.stringify(next.sections.tunnels ?? []) !== JSON.stringify(config.sections.tunnels ?? [])
+    const forwardingChanged = ['forwards', 'forwarderPeers'].some((k) => JSON.stringify(next.sections[k] ?? []) !== JSON.stringify(config.sections[k] ?? []))
     config = { ...next, dataDir: config.dataDir, apiHost: config.apiHost, apiPort: config.apiPort }
     log = makeLogger(config)
     jobs = discoverJobs(dir)
     // Tunnels added, changed or removed are made so now, not at the next scheduled run.
     if (tunnelsChanged && jobFile('tunnels')) request('tunnels', { items: [], triggers: ['reload'] })
+    // So are kernel forwards and forwarder peers (relay forwards follow in the runner's own supervisor).
+    if (forwardingChanged && jobFile('forwarder')) request('forwarder', { items: [], triggers: ['reload'] })
     if (!schedule) return log.info('SIGHUP: configuration reloaded')
     schedule.stop()
     schedule = startSchedule()
@@ -287,13 +302,18 @@ async function main(): Promise<void> {
     removePid()
     process.exit(1)
   }
-  if (stopping) return
+  mcp = await startMcpSocket({ config: () => config, store, fetch: (r) => app.fetch(r), version: packageVersion(), log: () => log })
+  if (stopping) {
+    await mcp?.close()
+    return
+  }
   schedule = startSchedule()
   watcher = watchSpool(spool, () => void drain())
   await drain()
   if (jobFile('refresh-proxies')) request('refresh-proxies', { items: [], triggers: ['start'] })
   // Tunnels to make, or records of tunnels config no longer has to take down.
   if ((hasTunnels(config) || Object.keys((await store.read()).tunnels).length > 0) && jobFile('tunnels')) request('tunnels', { items: [], triggers: ['start'] })
+  if ((hasKernelForwarding(config) || Object.keys((await store.read()).forwarderTunnels).length > 0) && jobFile('forwarder')) request('forwarder', { items: [], triggers: ['start'] })
   log.info(`runner ${packageVersion()} up (pid ${process.pid}): API on http://${config.apiHost.includes(':') ? `[${config.apiHost}]` : config.apiHost}:${config.apiPort}, ${jobs.size} jobs, data in ${dataDir}`)
 }
 

@@ -2,12 +2,14 @@
 // the queue for a run; the queue keeps a job from overlapping itself.
 import { createTask, type ScheduledTask } from 'node-cron'
 import type { Config } from '../core/config.ts'
+import { hasKernelForwarding } from '../forwarder/config.ts'
 import { hasTunnels, heTunnels } from '../tunnels/config.ts'
 
 /** Jobs that have nothing to keep on a host without what they serve: their schedule starts no process there. */
 const NEEDED: Record<string, (c: Config) => boolean> = {
   tunnels: hasTunnels,
   'he-update': (c) => heTunnels(c).length > 0,
+  forwarder: hasKernelForwarding,
 }
 
 /** config.schedules without the jobs this host has no use for (SIGHUP rebuilds the schedule). */
