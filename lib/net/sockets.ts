@@ -87,3 +87,14 @@ function readProcNet(table: string): Promise<string> {
     throw err
   })
 }
+
+/**
+ * Ends a TCP connection with a reset (RST instead of FIN); one still connecting, or whose peer is gone, is
+ * simply closed. libuv refuses a reset while a shutdown (an end()) is pending: Node then emits an error and
+ * never closes the handle, so 'close' never comes and the descriptor leaks. Such a socket is closed too.
+ */
+export function abortConnection(sock: net.Socket): void {
+  if (sock.destroyed) return
+  if (sock.connecting || !sock.remoteAddress || sock.writableEnded) sock.destroy()
+  else sock.resetAndDestroy()
+}

@@ -7,7 +7,7 @@
 import dgram from 'node:dgram'
 import net from 'node:net'
 import { fairShare, sourceKey } from '../core/fair-share.ts'
-import { closeWaitConnections, connectionKey } from '../net/sockets.ts'
+import { abortConnection, closeWaitConnections, connectionKey } from '../net/sockets.ts'
 import { proxyV2Header } from './proxy-v2.ts'
 
 export interface Endpoint {
@@ -314,8 +314,8 @@ export function createRelay(opts: RelayOptions = {}): Relay {
         counters.connectFailures++
         opts.onConnectFailure?.(rule, err.message)
       }
-      abort(client)
-      abort(upstream)
+      abortConnection(client)
+      abortConnection(upstream)
     }
     client.on('error', (err) => fail('client', err))
     upstream.on('error', (err) => fail('upstream', err))
@@ -615,11 +615,6 @@ function keyOf(sock: net.Socket): string {
 function dropped(): void {}
 
 /** Resets a connected TCP socket (RST instead of FIN); one still connecting is simply dropped. */
-function abort(sock: net.Socket): void {
-  if (sock.destroyed) return
-  if (sock.connecting || !sock.remoteAddress) sock.destroy()
-  else sock.resetAndDestroy()
-}
 
 function invalid(rule: RelayRule): string | undefined {
   if (rule?.proto !== 'tcp' && rule?.proto !== 'udp') return `proto must be tcp or udp`

@@ -9,6 +9,7 @@ import { Resolver } from 'node:dns/promises'
 import net from 'node:net'
 import { formatIpv6, parseIpv6 } from '../addr/ipv6.ts'
 import { fairShare, sourceKey } from '../core/fair-share.ts'
+import { abortConnection } from '../net/sockets.ts'
 
 // ---------------------------------------------------------------------------------------------------------
 // The wire format, as pure functions.
@@ -485,7 +486,7 @@ export function startSocks5(opts: Socks5Options): Promise<Socks5Server> {
   function relay(conn: Conn, upstream: net.Socket, early: Buffer): void {
     const { client } = conn
     conn.established!(upstream)
-    const fail = () => { abort(client); abort(upstream) }
+    const fail = () => { abortConnection(client); abortConnection(upstream) }
     client.removeAllListeners('error')
     upstream.removeAllListeners('error')
     client.on('error', fail)
@@ -562,9 +563,3 @@ function same(a: Buffer, b: Buffer): boolean {
   return a.length === b.length && timingSafeEqual(a, b)
 }
 
-/** Resets a connected TCP socket (RST instead of FIN); one still connecting is simply dropped. */
-function abort(sock: net.Socket): void {
-  if (sock.destroyed) return
-  if (sock.connecting || !sock.remoteAddress) sock.destroy()
-  else sock.resetAndDestroy()
-}
