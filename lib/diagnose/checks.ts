@@ -4,6 +4,7 @@
 import type { CheckFn, DiagEnv, Probe } from './env.ts'
 import { dhcpClients, macvlans, nft } from './devices.ts'
 import { dnsmasq, dnsmasqHook } from './dnsmasq.ts'
+import { forwarder } from './forwarder.ts'
 import { forwarding, lanAddress, linkCheck, upstream, wanSysctls } from './network.ts'
 import { hasRole } from '../core/config.ts'
 import { fail, pass, type CheckId } from './report.ts'
@@ -26,6 +27,7 @@ export const CHECKS: Record<CheckId, CheckFn> = {
   nat64, clat,
   tunnels,
   'he-update': heUpdate,
+  forwarder,
 }
 
 /** What only a gateway has (a LAN, devices and their data plane): passed over on a host that is not one. */

@@ -26,7 +26,7 @@ export interface FixOutcome {
 /** In running order: later checks read what earlier ones may repair (the store first). */
 export const CHECK_IDS = [
   'clock', 'node', 'tools', 'disk', 'store', 'lan-link', 'wan-link', 'lan-address', 'upstream', 'forwarding', 'wan-sysctls',
-  'dnsmasq', 'dnsmasq-hook', 'nft', 'macvlans', 'dhcp-clients', 'runner', 'api', 'relay', 'nat64', 'clat', 'tunnels', 'he-update',
+  'dnsmasq', 'dnsmasq-hook', 'nft', 'macvlans', 'dhcp-clients', 'runner', 'api', 'relay', 'nat64', 'clat', 'tunnels', 'he-update', 'forwarder',
 ] as const
 export type CheckId = (typeof CHECK_IDS)[number]
 

@@ -127,3 +127,18 @@ export async function syncMap(sh: Sh, name: string, want: Map<string, string>): 
   await sh.apply('nft', ['-f', '-'], { input: `${lines.join('\n')}\n` })
   return { added: add.length, removed: remove.length }
 }
+
+/**
+ * A table of a capability's own beside TABLE (the forwarder's): declared whole, its comment a stamp of its
+ * definition. Its comment, or undefined when the table does not exist; null when it exists without one.
+ */
+export async function tableComment(sh: Sh, name: string): Promise<string | null | undefined> {
+  const { stdout, code } = await sh.query('nft', ['list', 'table', 'inet', name], { nothrow: true })
+  if (code !== 0) return undefined
+  return /^\s*comment "(.*)"$/m.exec(stdout)?.[1] ?? null
+}
+
+/** `nft -f -` input that replaces table `name` with `definition` in one transaction (made first, so the delete never fails). */
+export function replaceTableInput(name: string, definition: string): string {
+  return `table inet ${name}\ndelete table inet ${name}\n${definition}`
+}

@@ -21,7 +21,7 @@ export interface DeviceRoutes {
   wanIpv6?: { addresses: string[]; dhcpAddress?: string; prefixes: string[]; gateway?: string }
 }
 
-export interface RuleJson { priority: number; src?: string; srclen?: number; dst?: string; iif?: string; oif?: string; table?: string }
+export interface RuleJson { priority: number; src?: string; srclen?: number; dst?: string; iif?: string; oif?: string; table?: string; fwmark?: string; fwmask?: string; suppress_prefixlen?: number }
 
 export async function listRules(sh: Sh, family: 4 | 6): Promise<RuleJson[]> {
   const { stdout } = await sh.query('ip', [`-${family}`, '-j', 'rule', 'show'])
@@ -102,4 +102,12 @@ export async function removeDeviceRoutes(sh: Sh, table: number): Promise<void> {
     }
     await sh.apply('ip', [`-${family}`, 'route', 'flush', 'table', String(table)], { nothrow: true })
   }
+}
+
+export interface RouteJson { dst: string; dev?: string; table?: string; protocol?: string }
+
+/** The IPv4 routes of every table that carry routing protocol `proto` (how a capability marks its own); main's have no table. */
+export async function listProtoRoutes4(sh: Sh, proto: string): Promise<RouteJson[]> {
+  const { stdout, code } = await sh.query('ip', ['-4', '-j', 'route', 'show', 'table', 'all', 'proto', proto], { nothrow: true })
+  return code === 0 ? (JSON.parse(stdout || '[]') as RouteJson[]) : []
 }

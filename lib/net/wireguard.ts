@@ -2,7 +2,7 @@
 // through `wg`, private keys never on a command line. Parsing and comparison are separate and pure.
 import { createPrivateKey, createPublicKey } from 'node:crypto'
 import { existsSync } from 'node:fs'
-import { chmod, mkdir, rm } from 'node:fs/promises'
+import { chmod, mkdir, readFile, rm } from 'node:fs/promises'
 import { connect } from 'node:net'
 import path from 'node:path'
 import type { Sh } from '../core/exec.ts'
@@ -125,4 +125,20 @@ export async function wgSyncconf(sh: Sh, ifname: string, text: string, secretDir
   } finally {
     await rm(file, { force: true })
   }
+}
+
+/** Whether `pid` is still a wireguard-go serving `ifname` (after a reboot the number is someone else's). */
+export async function isWireguardGo(pid: number, ifname: string): Promise<boolean> {
+  const argv = await readFile(`/proc/${pid}/cmdline`, 'utf8').then((t) => t.split('\0'), (): string[] => [])
+  return argv.some((a) => a.endsWith('wireguard-go')) && argv.includes(ifname)
+}
+
+/** wireguard-go creates the TUN first and its control socket (what `wg` talks to) a moment later: waits for it, bounded. */
+export async function waitForWireguardGo(sh: Sh, ifname: string, timeoutMs = 5000): Promise<boolean> {
+  const until = Date.now() + timeoutMs
+  while (Date.now() < until) {
+    if (await wgState(sh, ifname)) return true
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  return false
 }

@@ -4,6 +4,7 @@
 // install, diagnose --fix, port-forward or any job that takes arguments.
 import type { Config } from '../core/config.ts'
 import type { HookEvent } from '../core/event.ts'
+import { hasKernelForwarding } from '../forwarder/config.ts'
 import { hasTunnels } from '../tunnels/config.ts'
 
 export interface EventRule {
@@ -33,12 +34,14 @@ export const EVENT_RULES: EventRule[] = [
   { sources: ['iface'], events: ['ifup', 'ifdown', 'ifupdate'], when: isWan, jobs: ['acquire-leases'] },
   // With tunnels, a 6in4 tunnel's local address follows the WAN's, and Hurricane Electric hears of it.
   { sources: ['iface'], events: ['ifup', 'ifupdate'], when: (e, c) => isWan(e, c) && hasTunnels(c), jobs: ['tunnels', 'he-update'] },
+  // A home router's 4in6 tunnel to its VPS starts at the WAN's IPv6, which just came or changed.
+  { sources: ['iface'], events: ['ifup', 'ifupdate'], when: (e, c) => isWan(e, c) && hasKernelForwarding(c), jobs: ['forwarder'] },
   // The DHCP clients of the per-device macvlans report bound, renew, expiry and loss.
   { sources: ['udhcpc', 'udhcpc6', 'dhclient', 'dhclient6', 'odhcpc', 'odhcp6c', 'dhcp'], jobs: ['acquire-leases'] },
 ]
 
 /** The jobs an event may name: idempotent reconcilers that read what to do from the system and the store. */
-export const EVENT_JOBS = ['scan-arp', 'acquire-leases', 'prune-stale', 'refresh-proxies', 'tunnels', 'he-update']
+export const EVENT_JOBS = ['scan-arp', 'acquire-leases', 'prune-stale', 'refresh-proxies', 'tunnels', 'he-update', 'forwarder']
 
 export function jobsFor(e: HookEvent, config: Config, rules: EventRule[] = EVENT_RULES): string[] {
   if (e.job) return EVENT_JOBS.includes(e.job) ? [e.job] : []

@@ -2,7 +2,7 @@
 // the configured name that is already right, changes what differs, removes what dualgate made and config
 // no longer has. An external tunnel's link is watched and routed, never created or removed. Every change
 // goes through `sh.apply`, so a dry run prints the plan; a run that finds everything right changes nothing.
-import { mkdir, readFile } from 'node:fs/promises'
+import { mkdir } from 'node:fs/promises'
 import path from 'node:path'
 import { WG_KEY, type Config } from '../core/config.ts'
 import type { Sh } from '../core/exec.ts'
@@ -29,7 +29,7 @@ import {
   unpinHostRoute4,
   type TunnelLink,
 } from '../net/tunnel.ts'
-import { addKernelWg, ensureTun, kernelHasWireguard, startWireguardGo, wireguardGoNameTaken, wgPublicKey, wgState, wgSyncconf, type WgState } from '../net/wireguard.ts'
+import { addKernelWg, ensureTun, isWireguardGo, kernelHasWireguard, startWireguardGo, waitForWireguardGo, wireguardGoNameTaken, wgPublicKey, wgState, wgSyncconf, type WgState } from '../net/wireguard.ts'
 import { configuredTunnels, deviceSubnet, parseWgQuick, sitSettings, WgConfigError, tunnelsProblem, wgSetconfText, type SitTunnel, type Tunnel, type WgSettings, type WgTunnel } from './config.ts'
 
 export interface TunnelsEnv {
@@ -53,7 +53,6 @@ export interface TunnelOutcome {
 export class TunnelConfigError extends Error {}
 
 const SECRET_MAX_BYTES = 16 * 1024
-const WG_GO_WAIT_MS = 5000
 
 /** A file of keys: root's, a regular file, readable by nobody else (lib/core/safe-file.ts). */
 async function readSecretFile(file: string, what: string): Promise<string> {
@@ -174,24 +173,8 @@ async function ensureWg(env: TunnelsEnv, t: WgTunnel, link: TunnelLink | undefin
   return { action, backend, pid: backend === 'wireguard-go' ? pid : undefined, addresses: want.address }
 }
 
-/** wireguard-go creates the TUN first and its control socket (what `wg` talks to) a moment later. */
-async function waitForWireguardGo(sh: Sh, ifname: string): Promise<boolean> {
-  const until = Date.now() + WG_GO_WAIT_MS
-  while (Date.now() < until) {
-    if (await wgState(sh, ifname)) return true
-    await new Promise((r) => setTimeout(r, 100))
-  }
-  return false
-}
-
 function tunnelIfaces(config: Config): string[] {
   return configuredTunnels(config).map((t) => t.iface)
-}
-
-/** Whether `pid` is still the wireguard-go we started for `ifname` (after a reboot the number is someone else's). */
-async function isOurWireguardGo(pid: number, ifname: string): Promise<boolean> {
-  const argv = await readFile(`/proc/${pid}/cmdline`, 'utf8').then((t) => t.split('\0'), (): string[] => [])
-  return argv.some((a) => a.endsWith('wireguard-go')) && argv.includes(ifname)
 }
 
 /** Takes down what dualgate made for a tunnel: its link (unless external), its routing, its broker route. */
@@ -202,7 +185,7 @@ async function removeTunnel(env: TunnelsEnv, name: string, record: TunnelRecord)
     // wireguard-go exits when its TUN goes; one that did not is ours (its pid is in the store) to stop.
     if (record.pid && !env.sh.dryRun) {
       await new Promise((r) => setTimeout(r, 200))
-      if (await isOurWireguardGo(record.pid, record.iface)) process.kill(record.pid, 'SIGTERM')
+      if (await isWireguardGo(record.pid, record.iface)) process.kill(record.pid, 'SIGTERM')
     }
   }
   if (record.remote) await unpinHostRoute4(env.sh, record.remote)

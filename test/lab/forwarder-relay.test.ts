@@ -58,6 +58,12 @@ describe.skipIf(!isRoot())('forwarder, relay mode (lab)', () => {
     throw new Error(`${what}: still ${JSON.stringify(last)} after ${ms} ms`)
   }
   const reload = () => process.kill(runnerPid, 'SIGHUP')
+  const jobEnv = () => ({ DUALGATE_CONFIG: configFile, DUALGATE_UCI_FILE: path.join(lab.dir, 'no-uci'), DUALGATE_DATA_DIR: path.join(lab.dir, 'data'), DUALGATE_RUN_DIR: path.join(lab.dir, 'run'), DUALGATE_API_PORT: String(API_PORT) })
+  const job = async (name: string, args: string[]) => {
+    const r = await lab.exec(lab.ns.vps, process.execPath, ['--import=tsx', path.join(ROOT, `jobs/${name}.ts`), ...args, '--json'], { env: jobEnv(), timeoutMs: 60_000, nothrow: true })
+    return JSON.parse(r.stdout) as unknown
+  }
+  const forwarderCheck = async () => ((await job('diagnose', [])) as { checks: { id: string; status: string; reason: string }[] }).checks.find((c) => c.id === 'forwarder')!
 
   beforeAll(async () => {
     lab = await createForwarderLab({ prefix: 'fwr', dnsTtl: 2 })
@@ -108,13 +114,10 @@ describe.skipIf(!isRoot())('forwarder, relay mode (lab)', () => {
     const metrics = await lab.fetch(lab.ns.vps, `http://127.0.0.1:${API_PORT}/metrics`)
     expect(metrics).toMatch(/^dualgate_forward_bytes_total\{forward="web"\} [1-9]\d*$/m)
     expect(metrics).toMatch(/^dualgate_forward_target_changes_total\{forward="echo"\} 0$/m)
-    const r = await lab.exec(lab.ns.vps, process.execPath, ['--import=tsx', path.join(ROOT, 'jobs/forwarder.ts'), 'list', '--json'], {
-      env: { DUALGATE_CONFIG: configFile, DUALGATE_UCI_FILE: path.join(lab.dir, 'no-uci'), DUALGATE_DATA_DIR: path.join(lab.dir, 'data'), DUALGATE_RUN_DIR: path.join(lab.dir, 'run'), DUALGATE_API_PORT: String(API_PORT) },
-      timeoutMs: 60_000,
-    })
-    const list = JSON.parse(r.stdout) as { forwards: { name: string; mode: string; address?: string; state: string; bytes?: number }[] }
+    const list = await job('forwarder', ['list']) as { forwards: { name: string; mode: string; address?: string; state: string; bytes?: number }[] }
     expect(list.forwards.map((f) => [f.name, f.mode, f.address, f.state])).toEqual(forwards.map((f) => [f.name, 'relay', OLD, 'listening']))
     expect(list.forwards.find((f) => f.name === 'web')!.bytes).toBeGreaterThan(0)
+    expect(await forwarderCheck()).toMatchObject({ status: 'pass', reason: expect.stringContaining('4 relay forwards, 0 kernel tunnels') })
   }, 90_000)
 
   it('an AAAA change: new connections reach the new address within resolveInterval + 2 s, one notice per forward, old connections end after the grace', async () => {
@@ -177,6 +180,9 @@ describe.skipIf(!isRoot())('forwarder, relay mode (lab)', () => {
     expect(s.forwards.find((f) => f.name === 'taken')!.error).toMatch(/^forwards\.taken\.port 9090: cannot listen on tcp 0\.0\.0\.0:9090: .*EADDRINUSE/)
     expect(s.forwards.find((f) => f.name === 'ghost')!.error).toMatch(/^forwards\.ghost\.target nowhere\.lab\.test: /)
     expect(await lab.tcpEcho(lab.ns.client4, V4, 2323, 'still here')).toBe('still here')
+    const check = await forwarderCheck()
+    expect(check.status).toBe('fail')
+    expect(check.reason).toMatch(/forwards\.taken\.port 9090: .*forwards\.ghost\.target nowhere\.lab\.test/)
     process.kill(squatter, 'SIGTERM')
 
     // Two forwards on one port: the whole change is refused, and what ran before keeps running.

@@ -183,6 +183,9 @@ describe('routing and payloads', () => {
     const withTunnels = { ...config, sections: { tunnels: [{ name: 'he', type: '6in4' }] } }
     expect(jobsFor(ev({ source: 'iface', event: 'ifupdate', env: { INTERFACE: 'wan', DEVICE: 'eth0' } }), withTunnels)).toEqual(['acquire-leases', 'tunnels', 'he-update'])
     expect(jobsFor(ev({ source: 'iface', event: 'ifdown', env: { INTERFACE: 'wan', DEVICE: 'eth0' } }), withTunnels)).toEqual(['acquire-leases'])
+    const withPeer = { ...config, sections: { forwarderPeers: [{ name: 'vps', remote: 'vps.example.net' }] } }
+    expect(jobsFor(ev({ source: 'iface', event: 'ifupdate', env: { INTERFACE: 'wan', DEVICE: 'eth0' } }), withPeer)).toEqual(['acquire-leases', 'forwarder'])
+    expect(jobsFor(ev({ source: 'iface', event: 'ifupdate', env: { INTERFACE: 'wan', DEVICE: 'eth0' } }), config)).not.toContain('forwarder')
   })
 
   it('schedules the tunnels job and the HE updater only where tunnels are configured (no process every few minutes for nothing)', () => {
