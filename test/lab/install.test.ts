@@ -43,8 +43,9 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 describe.skipIf(!isRoot())('install and uninstall', () => {
   beforeAll(async () => {
     // The install ships the build; make it from the sources under test.
-    const build = await run(process.execPath, [path.join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'], { timeoutMs: 180_000 })
+    const build = await run('npm', ['run', 'build'], { timeoutMs: 180_000 })
     expect(existsSync(path.join(ROOT, 'dist/jobs/install.js')), build.stdout + build.stderr).toBe(true)
+    expect(existsSync(path.join(ROOT, 'dist/lib/status-page/assets/index.html')), 'npm run build copies the status page').toBe(true)
   }, 200_000)
 
   describe('Debian: fake root, network in a lab', () => {
@@ -93,7 +94,7 @@ describe.skipIf(!isRoot())('install and uninstall', () => {
       expect(install.result.backedUp).toEqual(['/usr/bin/gateway-logs'])
       expect(install.result.skipped.join('\n')).toMatch(/not the live root/)
       const lib = path.join(root, 'usr/lib/dualgate')
-      for (const f of ['dist/jobs/diagnose.js', 'dist/lib/runner/main.js', 'hooks/dualgate-event', 'hooks/bin/gateway-status', 'node_modules/h3/package.json', 'package.json', '.manifest.json']) {
+      for (const f of ['dist/jobs/diagnose.js', 'dist/lib/runner/main.js', 'dist/lib/status-page/assets/app.js', 'hooks/dualgate-event', 'hooks/bin/gateway-status', 'node_modules/h3/package.json', 'package.json', '.manifest.json']) {
         expect(existsSync(path.join(lib, f)), f).toBe(true)
       }
       expect(existsSync(path.join(lib, 'node_modules/typescript'))).toBe(false)

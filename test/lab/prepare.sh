@@ -23,7 +23,7 @@ fi
 tools="ip:iproute2 nft:nftables dnsmasq:dnsmasq-base udhcpc:udhcpc dhclient:isc-dhcp-client
 arping:arping rdisc6:ndisc6 socat:socat haproxy:haproxy iperf3:iperf3 tayga:tayga busybox:busybox curl:curl
 qemu-system-x86_64:qemu-system-x86 depmod:kmod wg:wireguard-tools ping:iputils-ping
-wireguard-go:wireguard-go promtool:prometheus"
+wireguard-go:wireguard-go promtool:prometheus chromium:chromium"
 
 PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 missing_cmds=""

@@ -130,7 +130,13 @@ function bytes(n) {
   return `${i === 0 ? n : n.toFixed(1)} ${units[i]}`
 }
 
-const yesNo = (v) => (v === undefined ? undefined : v ? 'yes' : 'no')
+function duration(ms) {
+  if (typeof ms !== 'number') return ''
+  if (ms < 1000) return `${Math.round(ms)} ms`
+  if (ms < 120000) return `${(ms / 1000).toFixed(1)} s`
+  return `${Math.round(ms / 60000)} min`
+}
+
 const hostPort = (e) => (e ? (String(e.host).includes(':') ? `[${e.host}]:${e.port}` : `${e.host}:${e.port}`) : '')
 const TONES = { active: 'ok', up: 'ok', pass: 'ok', degraded: 'warn', warn: 'warn', acquiring: 'warn', discovered: 'off', unknown: 'off', failed: 'bad', down: 'bad', fail: 'bad', gone: 'off' }
 const tone = (s) => TONES[s] || 'off'
@@ -358,37 +364,27 @@ function renderRelay(body) {
   })
 }
 
-const scalar = (v) => v === null || ['string', 'number', 'boolean'].includes(typeof v)
-const show = (v) => (v === undefined ? '' : scalar(v) ? String(v) : Array.isArray(v) && v.every(scalar) ? v.join(', ') : JSON.stringify(v))
-
-/** GET /forwarder, whatever its shape: lists of objects as tables, the rest as key/value pairs. */
+/** GET /forwarder: the relay-mode forwards of a forwarder host (none elsewhere: the panel stays hidden). */
 function renderForwarder(body) {
-  const root = $('forwarder-body')
-  const parts = Array.isArray(body) ? [['forwards', body]] : Object.entries(body || {})
-  const kv = parts.filter(([, v]) => !(Array.isArray(v) && v.some((x) => x && typeof x === 'object')))
-  const tables = parts.filter(([, v]) => Array.isArray(v) && v.some((x) => x && typeof x === 'object'))
-  if (!root.firstChild) root.append(make('dl', 'kv'), make('div'))
-  syncKv(root.firstChild, kv.map(([k, v]) => [k, show(v)]))
-  syncChildren(root.lastChild, tables, ([k]) => k, () => {
-    const box = make('div')
-    box.append(make('h3', 'sub'), make('table', 'rows'))
-    box.lastChild.append(make('thead'), make('tbody'))
-    return box
-  }, (box, [k, rows]) => {
-    setText(box.firstChild, k)
-    const cols = [...new Set(rows.flatMap((r) => (r && typeof r === 'object' ? Object.keys(r) : [])))].slice(0, 8)
-    const [thead, tbody] = box.lastChild.children
-    const headText = cols.join('\u0000')
-    if (thead.dataset.cols !== headText) {
-      thead.dataset.cols = headText
-      const tr = make('tr')
-      for (const c of cols) tr.append(make('th', '', c))
-      thead.replaceChildren(tr)
-      tbody.replaceChildren()
-    }
-    syncChildren(tbody, rows, (r) => show(r?.name ?? r?.id ?? JSON.stringify(r)), () => makeRow(cols), (tr, r) => {
-      cols.forEach((c, i) => setText(tr.children[i], show(r?.[c])))
-    })
+  const list = Array.isArray(body?.forwards) ? body.forwards : []
+  $('forwarder').hidden = list.length === 0 && !body?.problem
+  setText($('forwarder-problem'), body?.problem)
+  $('forwarder-problem').hidden = !body?.problem
+  syncChildren($('forwarder-rows'), list, (f) => f.name, () => makeRow(['', 'Listens on', 'To', 'State']), (tr, f) => {
+    const [name, listen, to, state] = tr.children
+    setClass(name, 'head')
+    setText(name, f.name)
+    twoLines(listen, `${f.listen} ${f.ports}/${f.proto}`, '', 'mono')
+    const port = f.targetPort ? `:${f.targetPort}` : ''
+    const where = f.address && f.address !== f.target ? `${f.address}${f.resolvedAt ? `, resolved ${ago(f.resolvedAt)}` : ''}` : ''
+    twoLines(to, `${f.target}${port}`, f.resolveError ? `cannot resolve: ${f.resolveError}` : where, 'mono')
+    if (!state.firstChild) state.append(make('span'), make('span', 'sub'))
+    const l = f.listeners || {}
+    if (!f.enabled) badge(state.firstChild, 'disabled', 'off')
+    else if (f.error) badge(state.firstChild, 'failing', 'bad')
+    else badge(state.firstChild, f.listening ? 'listening' : 'not listening', f.listening ? 'ok' : 'warn')
+    const traffic = `${l.open ?? 0} of ${l.wanted ?? 0} listeners, ${f.connections ?? 0} open, ${f.connectionsTotal ?? 0} since start, ${bytes(f.bytes)}`
+    setText(state.lastChild, f.error ? `${f.error}\n${traffic}` : traffic)
   })
 }
 
@@ -404,7 +400,7 @@ function renderJobs(list) {
     if (!last.firstChild) last.append(make('span'), make('span', 'sub'))
     if (j.last) {
       badge(last.firstChild, j.last.ok ? 'ok' : 'failed', j.last.ok ? 'ok' : 'bad')
-      setText(last.lastChild, `${ago(j.last.startedAt)}, ${Math.round(j.last.durationMs)} ms, ${j.last.trigger}${j.last.error ? `\n${j.last.error}` : ''}`)
+      setText(last.lastChild, `${ago(j.last.startedAt)}, took ${duration(j.last.durationMs)}, ${j.last.trigger}${j.last.error ? `\n${j.last.error}` : ''}`)
     } else {
       badge(last.firstChild, 'never', 'off')
       setText(last.lastChild, '')
@@ -464,8 +460,7 @@ async function refresh() {
   if (hasForwarder) {
     // A runner without the forwarder has no such route: the panel stays away until the page is loaded again.
     if (r['/forwarder'].status === 404) hasForwarder = false
-    $('forwarder').hidden = !ok('/forwarder')
-    if (ok('/forwarder')) renderForwarder(ok('/forwarder'))
+    renderForwarder(ok('/forwarder'))
   }
   const failed = paths.filter((p) => r[p].status !== 200 && !(p === '/forwarder' && r[p].status === 404))
   return failed
