@@ -11,7 +11,7 @@ export const MANIFEST = `${INSTALL_DIR}/.manifest.json`
 export const BACKUP_DIR = `${INSTALL_DIR}/.backups`
 
 /** The person-facing commands: /usr/bin/<name> -> hooks/bin/<name>. */
-export const COMMANDS = ['gateway-status', 'gateway-devices', 'gateway-diagnose', 'gateway-port-forward', 'gateway-logs'] as const
+export const COMMANDS = ['gateway-status', 'gateway-devices', 'gateway-diagnose', 'gateway-port-forward', 'gateway-logs', 'gateway-mcp'] as const
 
 /** Packages that only serve running from source (`npm start`, `npx zx jobs/x.ts`); the build needs neither. */
 const SOURCE_ONLY = new Set(['tsx', 'zx'])
