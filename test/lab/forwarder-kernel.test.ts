@@ -6,7 +6,7 @@
 // nothing; a dry run changes nothing; the home's new address moves the tunnel's far end; removing the config
 // removes everything on both ends. Jobs run as a person runs them: `node jobs/forwarder.ts --json`.
 import { execFile, execFileSync } from 'node:child_process'
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { ForwarderResult, ForwardRow, PeerRow } from '../../jobs/forwarder.ts'
@@ -102,8 +102,10 @@ async function snapshot(end: End): Promise<Record<string, string>> {
 }
 
 /** The pids of wireguard-go processes serving ifname (their control sockets are global: the names are too). */
+/** wireguard-go processes serving ifname in this lab's VPS and router (another lab's, or a tunnel test's, are not ours). */
 function wireguardGoFor(ifname: string): number[] {
-  return readdirSync('/proc').filter((d) => /^\d+$/.test(d)).filter((pid) => {
+  const inLab = [lab.ns.vps, lab.ns.router].flatMap((ns) => execFileSync('ip', ['netns', 'pids', ns], { encoding: 'utf8', timeout: 5000 }).split('\n').filter(Boolean))
+  return inLab.filter((pid) => {
     try {
       const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')
       return argv.some((a) => a.endsWith('wireguard-go')) && argv.includes(ifname)

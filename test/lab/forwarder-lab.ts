@@ -20,12 +20,15 @@
 // from 198.18.0.0/15 and 2001:db8::/32; every wait is bounded; commands run with argument vectors; teardown
 // kills only processes inside this lab's namespaces, by PID, and is idempotent; a safety net tears down on
 // exit and on SIGINT/SIGTERM/SIGHUP; labs of this prefix left by a dead process are removed at the next start.
-import { execFile, execFileSync, spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { chmodSync, closeSync, existsSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { chmodSync, closeSync, existsSync, mkdtempSync, openSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { fileSize, ip, isAlive, isRoot, kill, killNamespaces, listNetns, listNetnsSync, nsPidsSync, readText, run, sleep, waitFor, type ExecResult, type RunOptions } from './proc.ts'
+
+export { isRoot } from './proc.ts'
 
 /** Every address of the lab. */
 export const FWLAB = {
@@ -44,8 +47,8 @@ export interface ForwarderLabOptions {
   dnsTtl?: number
 }
 
-export interface ExecResult { stdout: string; stderr: string; code: number }
-export interface ExecOptions { timeoutMs?: number; env?: Record<string, string>; nothrow?: boolean; input?: string }
+export type { ExecResult }
+export type ExecOptions = RunOptions
 
 export type Role = 'inet' | 'vps' | 'router' | 'server' | 'client4' | 'client6'
 
@@ -105,104 +108,15 @@ const DIR_PREFIX = 'dualgate-fwlab-'
 const ROLES: Role[] = ['inet', 'vps', 'router', 'server', 'client4', 'client6']
 const SHORT: Record<Role, string> = { inet: 'inet', vps: 'vps', router: 'router', server: 'server', client4: 'c4', client6: 'c6' }
 
-export function isRoot(): boolean {
-  return typeof process.getuid === 'function' && process.getuid() === 0
-}
-
-function run(cmd: string, args: string[], opts: ExecOptions = {}): Promise<ExecResult> {
-  return new Promise((resolve, reject) => {
-    const child = execFile(cmd, args, {
-      timeout: opts.timeoutMs ?? 30_000, killSignal: 'SIGKILL', maxBuffer: 64 << 20, encoding: 'utf8',
-      env: opts.env ? { ...process.env, ...opts.env } : process.env,
-    }, (err, stdout, stderr) => {
-      const e = err as (Error & { code?: number | string; killed?: boolean }) | null
-      const code = e ? (typeof e.code === 'number' ? e.code : e.killed ? 124 : 127) : 0
-      const result = { stdout, stderr: e && !stderr ? e.message : stderr, code }
-      if (code !== 0 && !opts.nothrow) reject(new Error(`${[cmd, ...args].join(' ')} exited ${code}${e?.killed ? ' (timed out)' : ''}: ${(result.stderr || stdout).trim()}`))
-      else resolve(result)
-    })
-    child.stdin?.on('error', () => {})
-    if (opts.input !== undefined) child.stdin?.end(opts.input)
-  })
-}
-
-const ip = (args: string[], opts?: ExecOptions) => run('ip', args, opts)
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
-
-async function waitFor<T>(what: string, timeoutMs: number, check: () => Promise<T | undefined | false> | T | undefined | false, intervalMs = 50): Promise<T> {
-  const deadline = Date.now() + timeoutMs
-  let lastErr: unknown
-  for (let i = 0; i < 100_000; i++) {
-    try {
-      const v = await check()
-      if (v !== undefined && v !== false) return v
-    } catch (err) {
-      lastErr = err
-    }
-    if (Date.now() >= deadline) break
-    await sleep(intervalMs)
-  }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastErr ? `: ${String(lastErr)}` : ''}`)
-}
-
-const readText = (file: string) => { try { return readFileSync(file, 'utf8') } catch { return '' } }
-const fileSize = (file: string) => { try { return statSync(file).size } catch { return 0 } }
 const tail = (file: string, lines = 20) => readText(file).split('\n').slice(-lines).join('\n')
-
-function isAlive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)
-    return state !== 'Z' && state !== 'X'
-  } catch {
-    return false
-  }
-}
-
-function kill(pid: number, sig: NodeJS.Signals): void {
-  try { process.kill(pid, sig) } catch { /* already gone */ }
-}
-
-const parsePids = (stdout: string) => stdout.split('\n').map((l) => Number.parseInt(l.trim(), 10)).filter((n) => Number.isInteger(n) && n > 1 && n !== process.pid)
-
-async function nsPids(ns: string): Promise<number[]> {
-  const r = await ip(['netns', 'pids', ns], { nothrow: true, timeoutMs: 5_000 })
-  return r.code === 0 ? parsePids(r.stdout) : []
-}
-
-function syncLines(cmd: string, args: string[]): string[] {
-  try {
-    return execFileSync(cmd, args, { encoding: 'utf8', timeout: 5_000, stdio: ['ignore', 'pipe', 'ignore'] }).split('\n')
-  } catch {
-    return []
-  }
-}
-
-async function listNetns(): Promise<string[]> {
-  const r = await ip(['netns', 'list'], { nothrow: true, timeoutMs: 5_000 })
-  return r.stdout.split('\n').map((l) => l.trim().split(/\s+/)[0] ?? '').filter(Boolean)
-}
-
-/** SIGCONT first (a stopped dnsmasq), SIGTERM, then SIGKILL after a bound. */
-async function killNamespaces(namespaces: string[]): Promise<void> {
-  let pids = (await Promise.all(namespaces.map(nsPids))).flat()
-  if (pids.length === 0) return
-  for (const pid of pids) { kill(pid, 'SIGCONT'); kill(pid, 'SIGTERM') }
-  const deadline = Date.now() + 1_500
-  while (Date.now() < deadline && pids.some(isAlive)) await sleep(50)
-  pids = (await Promise.all(namespaces.map(nsPids))).flat().concat(pids.filter(isAlive))
-  for (const pid of pids) kill(pid, 'SIGKILL')
-  const hardDeadline = Date.now() + 2_000
-  while (Date.now() < hardDeadline && pids.some(isAlive)) await sleep(50)
-}
 
 interface LiveLab { key: string; dir: string; namespaces: Set<string> }
 const live = new Map<string, LiveLab>()
 let handlersInstalled = false
 
 function teardownSync(l: LiveLab): void {
-  const namespaces = new Set([...l.namespaces, ...syncLines('ip', ['netns', 'list']).map((n) => n.trim().split(/\s+/)[0] ?? '').filter((n) => n.startsWith(`${l.key}-`))])
-  for (const ns of namespaces) for (const pid of parsePids(syncLines('ip', ['netns', 'pids', ns]).join('\n'))) { kill(pid, 'SIGCONT'); kill(pid, 'SIGKILL') }
+  const namespaces = new Set([...l.namespaces, ...listNetnsSync().filter((n) => n.startsWith(`${l.key}-`))])
+  for (const ns of namespaces) for (const pid of nsPidsSync(ns)) { kill(pid, 'SIGCONT'); kill(pid, 'SIGKILL') }
   for (const ns of namespaces) {
     try { execFileSync('ip', ['netns', 'del', ns], { timeout: 5_000, stdio: 'ignore' }) } catch { /* already gone */ }
   }

@@ -41,7 +41,7 @@
 //   counted (`nft list chain bridge dgfw pre`).
 // - The router namespace forwards, so the kernel ignores RAs there unless an interface has
 //   accept_ra=2: a WAN macvlan that should do SLAAC needs net.ipv6.conf.<if>.accept_ra=2.
-import { execFile, execFileSync, spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import {
   accessSync,
@@ -58,12 +58,14 @@ import {
   readSync,
   readdirSync,
   rmSync,
-  statSync,
   writeFileSync,
 } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { fileSize, ip, isAlive, isRoot, kill, killNamespaces, listNetns, listNetnsSync, nsPidsSync, readText, run, sleep, waitFor, type ExecResult } from './proc.ts'
+
+export { isRoot, type ExecResult } from './proc.ts'
 
 export type LabMode = 'ipv4' | 'ipv6' | 'dual'
 
@@ -96,12 +98,6 @@ export interface LabDevice {
 export interface UpstreamLeases {
   v4: { mac: string; ip: string; expires: number }[]
   v6: { duid: string; iaid: string; ip: string; expires: number }[]
-}
-
-export interface ExecResult {
-  stdout: string
-  stderr: string
-  code: number
 }
 
 export interface LabExecOptions {
@@ -175,61 +171,6 @@ const C6_IP = '2001:db8:1::10'
 const DEVICE_LEASE_TIMEOUT_MS = 20_000
 const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/
 
-export function isRoot(): boolean {
-  return typeof process.getuid === 'function' && process.getuid() === 0
-}
-
-// ---------------------------------------------------------------------------------------------
-// Running commands: argument vectors only.
-
-interface RunOptions extends LabExecOptions {
-  input?: string
-}
-
-function run(cmd: string, args: string[], opts: RunOptions = {}): Promise<ExecResult> {
-  return new Promise((resolve, reject) => {
-    const env = opts.env ? { ...process.env, ...opts.env } : process.env
-    const child = execFile(
-      cmd,
-      args,
-      { timeout: opts.timeoutMs ?? 30_000, killSignal: 'SIGKILL', maxBuffer: 64 << 20, encoding: 'utf8', env },
-      (err, stdout, stderr) => {
-        const e = err as (Error & { code?: number | string; killed?: boolean }) | null
-        const code = e ? (typeof e.code === 'number' ? e.code : e.killed ? 124 : 127) : 0
-        const result = { stdout, stderr: e && !stderr ? e.message : stderr, code }
-        if (code !== 0 && !opts.nothrow) {
-          const what = [cmd, ...args].join(' ')
-          reject(new Error(`${what} exited ${code}${e?.killed ? ' (timed out)' : ''}: ${(result.stderr || stdout).trim()}`))
-        } else resolve(result)
-      },
-    )
-    if (opts.input !== undefined) child.stdin?.end(opts.input)
-  })
-}
-
-function ip(args: string[], opts?: RunOptions): Promise<ExecResult> {
-  return run('ip', args, opts)
-}
-
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
-
-/** Polls check() every intervalMs until it returns a value other than undefined/false, or throws after timeoutMs. */
-async function waitFor<T>(what: string, timeoutMs: number, check: () => Promise<T | undefined | false> | T | undefined | false, intervalMs = 100): Promise<T> {
-  const deadline = Date.now() + timeoutMs
-  let lastErr: unknown
-  for (let i = 0; i < 100_000; i++) {
-    try {
-      const v = await check()
-      if (v !== undefined && v !== false) return v
-    } catch (err) {
-      lastErr = err
-    }
-    if (Date.now() >= deadline) break
-    await sleep(intervalMs)
-  }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastErr ? `: ${String(lastErr)}` : ''}`)
-}
-
 /** Runs fn over items with at most `limit` running at once. */
 async function pool<T, R>(items: T[], limit: number, fn: (item: T, i: number) => Promise<R>): Promise<R[]> {
   const out: R[] = new Array(items.length)
@@ -265,74 +206,7 @@ function tail(file: string, lines = 30): string {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Processes and namespaces (async and sync teardown share these helpers).
-
-function isAlive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)
-    return state !== 'Z' && state !== 'X'
-  } catch {
-    return false
-  }
-}
-
-function parsePids(stdout: string): number[] {
-  return stdout
-    .split('\n')
-    .map((l) => Number.parseInt(l.trim(), 10))
-    .filter((n) => Number.isInteger(n) && n > 1 && n !== process.pid)
-}
-
-function kill(pid: number, sig: NodeJS.Signals): void {
-  try {
-    process.kill(pid, sig)
-  } catch {
-    // already gone
-  }
-}
-
-async function nsPids(ns: string): Promise<number[]> {
-  const r = await ip(['netns', 'pids', ns], { nothrow: true, timeoutMs: 5_000 })
-  return r.code === 0 ? parsePids(r.stdout) : []
-}
-
-function nsPidsSync(ns: string): number[] {
-  try {
-    return parsePids(execFileSync('ip', ['netns', 'pids', ns], { encoding: 'utf8', timeout: 5_000, stdio: ['ignore', 'pipe', 'ignore'] }))
-  } catch {
-    return []
-  }
-}
-
-/** Kills every process in the given namespaces: SIGTERM, then SIGKILL after a bound. */
-async function killNamespaces(namespaces: string[]): Promise<void> {
-  let pids = (await Promise.all(namespaces.map(nsPids))).flat()
-  if (pids.length === 0) return
-  for (const pid of pids) kill(pid, 'SIGTERM')
-  const deadline = Date.now() + 1_500
-  while (Date.now() < deadline && pids.some(isAlive)) await sleep(50)
-  pids = (await Promise.all(namespaces.map(nsPids))).flat().concat(pids.filter(isAlive))
-  for (const pid of pids) kill(pid, 'SIGKILL')
-  const hardDeadline = Date.now() + 2_000
-  while (Date.now() < hardDeadline && pids.some(isAlive)) await sleep(50)
-}
-
-async function listNetns(): Promise<string[]> {
-  const r = await ip(['netns', 'list'], { nothrow: true, timeoutMs: 5_000 })
-  return r.stdout.split('\n').map((l) => l.trim().split(/\s+/)[0] ?? '').filter(Boolean)
-}
-
-function listNetnsSync(): string[] {
-  try {
-    return execFileSync('ip', ['netns', 'list'], { encoding: 'utf8', timeout: 5_000, stdio: ['ignore', 'pipe', 'ignore'] })
-      .split('\n')
-      .map((l) => l.trim().split(/\s+/)[0] ?? '')
-      .filter(Boolean)
-  } catch {
-    return []
-  }
-}
+// The lab's own namespaces (./proc.ts finds and ends their processes).
 
 const LAB_NS_RE = /^dg([0-9a-f]{4})-[a-z0-9]+$/
 const DIR_PREFIX = 'dualgate-lab-'
@@ -422,13 +296,6 @@ function parseUpstreamLeases(text: string): UpstreamLeases {
   return out
 }
 
-function fileSize(file: string): number {
-  try {
-    return statSync(file).size
-  } catch {
-    return 0
-  }
-}
 
 /** The text of file from byte offset on. */
 function readFrom(file: string, offset: number): string {
@@ -447,13 +314,6 @@ function readFrom(file: string, offset: number): string {
   }
 }
 
-function readText(file: string): string {
-  try {
-    return readFileSync(file, 'utf8')
-  } catch {
-    return ''
-  }
-}
 
 /** The MAC inside a DUID-LLT (type 1) or DUID-LL (type 3) with hardware type Ethernet, as dnsmasq writes DUIDs (aa:bb:...). */
 export function macFromDuid(duid: string): string | undefined {
