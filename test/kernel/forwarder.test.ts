@@ -9,7 +9,7 @@
 // here): fwk-inet routes between fwk-vps (198.18.100.2, 2001:db8:100::2), fwk-c4 (198.18.101.2, IPv4 only)
 // and fwk-home (2001:db8:200::2, no IPv4 WAN), whose LAN holds fwk-srv (198.19.50.10: socat echoes that log
 // their peers). The home's name resolves through resolve6, which the test answers.
-import { execFile, execFileSync, spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -20,6 +20,7 @@ import { createLogger } from '../../lib/core/log.ts'
 import { openStore, type Store } from '../../lib/core/store.ts'
 import { reconcileKernel, type KernelResult } from '../../lib/forwarder/kernel-apply.ts'
 import { nsSh } from '../lab/ns-sh.ts'
+import { run, type RunOptions } from '../lab/proc.ts'
 
 const NS = { inet: 'fwk-inet', vps: 'fwk-vps', home: 'fwk-home', srv: 'fwk-srv', c4: 'fwk-c4' }
 const A = {
@@ -37,18 +38,7 @@ let homeAddress = A.home6
 const stores: Partial<Record<End, Store>> = {}
 const log = createLogger({ tag: 'kernel-lab', level: 'warn' })
 
-function run(cmd: string, args: string[], o: { input?: string; nothrow?: boolean; timeoutMs?: number } = {}): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = execFile(cmd, args, { timeout: o.timeoutMs ?? 30_000, killSignal: 'SIGKILL', encoding: 'utf8' }, (err, stdout, stderr) => {
-      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 124) : 0
-      if (code !== 0 && !o.nothrow) reject(new Error(`${[cmd, ...args].join(' ')} exited ${code}: ${stderr || stdout}`))
-      else resolve({ code, stdout, stderr })
-    })
-    child.stdin?.on('error', () => {})
-    child.stdin?.end(o.input ?? '')
-  })
-}
-const inNs = (ns: string, cmd: string, args: string[], o?: { input?: string; nothrow?: boolean; timeoutMs?: number }) => run('ip', ['netns', 'exec', ns, cmd, ...args], o)
+const inNs = (ns: string, cmd: string, args: string[], o?: RunOptions) => run('ip', ['netns', 'exec', ns, cmd, ...args], o)
 const batch = (ns: string, lines: string[]) => run('ip', ['-n', ns, '-batch', '-'], { input: `${lines.join('\n')}\n` })
 
 function startIn(ns: string, cmd: string, args: string[], logFile: string): void {
