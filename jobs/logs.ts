@@ -1,24 +1,15 @@
 #!/usr/bin/env node
 // gateway-logs: the JSON log as readable lines (`TIME LEVEL [tag] msg`), or passed through with --json;
 // filtered by job or device, the last N lines, and -f to follow as it grows (across rotations).
-import { open, readFile, stat, type FileHandle } from 'node:fs/promises'
+import { open, stat, type FileHandle } from 'node:fs/promises'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { defineJob, runMain, UsageError } from '../lib/core/job.ts'
 import { logFile } from '../lib/core/log.ts'
-import { formatEntry, lastMatching, logFiles, matches, parseEntry, type LogFilter } from '../lib/core/log-view.ts'
+import { formatEntry, lastMatching, matches, parseEntry, readLogLines, type LogFilter } from '../lib/core/log-view.ts'
 import { normalizeMac } from '../lib/addr/mac.ts'
 
 const POLL_MS = 250
 const MAX_LINES = 1_000_000
-
-async function readLines(file: string): Promise<string[]> {
-  try {
-    return (await readFile(file, 'utf8')).split('\n').filter(Boolean)
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return []
-    throw err
-  }
-}
 
 /** Writes what was appended to the log from `offset` on; follows the file when rotation renames it away. */
 async function follow(file: string, show: (line: string) => void): Promise<never> {
@@ -87,7 +78,7 @@ const job = defineJob({
       if (!e || !matches(e, filter)) return
       process.stdout.write(`${json ? line : formatEntry(e)}\n`)
     }
-    const lines = (await Promise.all(logFiles(ctx.config.dataDir, ctx.config.logFiles).map(readLines))).flat()
+    const lines = await readLogLines(ctx.config.dataDir, ctx.config.logFiles)
     for (const line of lastMatching(lines, filter, Number(rawLines))) show(line)
     if (ctx.options.follow) await follow(logFile(ctx.config.dataDir), show)
     return undefined

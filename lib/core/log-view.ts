@@ -1,5 +1,6 @@
 // Reading the JSON log ($dataDir/logs/dualgate.log and its rotations) the way people want to: filtered by
-// job and by device, as `TIME LEVEL [tag] msg` lines. Pure: the files are read by jobs/logs.ts.
+// job and by device, as `TIME LEVEL [tag] msg` lines. Pure but for readLogLines (for jobs/logs.ts and the API).
+import { readFile } from 'node:fs/promises'
 import { logFile } from './log.ts'
 
 export interface LogEntry {
@@ -53,6 +54,19 @@ export function formatEntry(e: LogEntry): string {
 export function logFiles(dataDir: string, rotations: number): string[] {
   const base = logFile(dataDir)
   return [...Array.from({ length: Math.max(0, rotations - 1) }, (_, i) => `${base}.${rotations - 1 - i}`), base]
+}
+
+/** Every line of the log's files, oldest first; a file that is not there has none. Bounded by logMaxBytes x logFiles. */
+export async function readLogLines(dataDir: string, rotations: number): Promise<string[]> {
+  const read = async (file: string) => {
+    try {
+      return (await readFile(file, 'utf8')).split('\n').filter(Boolean)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return []
+      throw err
+    }
+  }
+  return (await Promise.all(logFiles(dataDir, rotations).map(read))).flat()
 }
 
 /** The last `n` matching lines of `lines` (raw JSON lines in file order). */

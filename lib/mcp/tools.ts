@@ -93,6 +93,21 @@ export const READ_TOOLS: Tool[] = [
     call: async (args, ctx) => asObject(await call(ctx, 'GET', `/devices/${encodeURIComponent(args.mac as string)}`), '/devices/:mac'),
   },
   {
+    name: 'device_log',
+    title: 'A device\'s log lines',
+    description: 'The last lines of the gateway\'s log that name one device, oldest first, as JSON entries (time, level, tag, msg) (GET /devices/:mac/log).',
+    inputSchema: {
+      ...object({
+        mac: { type: 'string', pattern: MAC, description: 'The device\'s MAC, such as 02:00:00:00:00:01.' },
+        lines: { type: 'integer', minimum: 0, maximum: 1000, description: 'How many lines at most (default 50).' },
+      }, ['mac']),
+      additionalProperties: false,
+    },
+    outputSchema: object({ mac: { type: 'string' }, lines: list() }, ['mac', 'lines']),
+    annotations: read,
+    call: async (args, ctx) => asObject(await call(ctx, 'GET', `/devices/${encodeURIComponent(args.mac as string)}/log?lines=${args.lines ?? 50}`), '/devices/:mac/log'),
+  },
+  {
     name: 'list_forwards',
     title: 'Port forwards',
     description: 'The port forwards: gateway port, device address and port, protocol, and the IP family clients use (GET /forwards).',

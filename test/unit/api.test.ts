@@ -1,5 +1,5 @@
 // The API against a real store in a temp dir, through app.fetch (no socket).
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -130,6 +130,20 @@ describe('api', () => {
     expect(await json(app.fetch(req('/devices/%zz')))).toMatchObject({ status: 400 })
     expect(await json(app.fetch(req('/devices/%25zz')))).toMatchObject({ status: 400 })
     expect(await json(app.fetch(req('/devices/02:00:00:00:00:99')))).toEqual({ status: 404, body: { error: 'no device 02:00:00:00:00:99' } })
+  })
+
+  it('GET /devices/:mac/log: the last lines naming the device, across rotations; bad arguments are a 400', async () => {
+    const logs = path.join(config.dataDir, 'logs')
+    mkdirSync(logs, { recursive: true })
+    const line = (msg: string, mac?: string) => JSON.stringify({ time: '2024-01-01T00:00:00.000Z', level: 'info', tag: 'acquire-leases', msg, ...(mac ? { mac } : {}) })
+    writeFileSync(path.join(logs, 'dualgate.log.1'), `${line('old one', '02:00:00:00:00:01')}\n`)
+    writeFileSync(path.join(logs, 'dualgate.log'), `${line('other', '02:00:00:00:00:02')}\nnot json\n${line('says 02:00:00:00:00:01 in words')}\n`)
+    const r = await json(app.fetch(req('/devices/02-00-00-00-00-01/log')))
+    expect(r.status).toBe(200)
+    expect((r.body as { lines: { msg: string }[] }).lines.map((l) => l.msg)).toEqual(['old one', 'says 02:00:00:00:00:01 in words'])
+    expect(((await json(app.fetch(req('/devices/02:00:00:00:00:01/log?lines=1')))).body as { lines: unknown[] }).lines).toHaveLength(1)
+    for (const bad of ['lines=-1', 'lines=1001', 'lines=x', 'lines=1&lines=2']) expect((await json(app.fetch(req(`/devices/02:00:00:00:00:01/log?${bad}`)))).status, bad).toBe(400)
+    expect((await json(app.fetch(req('/devices/nope/log')))).status).toBe(400)
   })
 
   it('GET /jobs: every known job with schedule, state and totals', async () => {

@@ -115,6 +115,13 @@ beforeAll(async () => {
     }
     d.jobs.count = { runs: 3, failures: 1, last: d.runs[2] }
   })
+  // Log lines for device_log: two name device 2, one another device, one is torn.
+  mkdirSync(path.join(dataDir, 'logs'), { recursive: true })
+  writeFileSync(path.join(dataDir, 'logs', 'dualgate.log'), [
+    { time: '2024-01-02T00:00:00.000Z', level: 'info', tag: 'acquire-leases', msg: '02:00:00:00:00:02 acquiring', mac: '02:00:00:00:00:02' },
+    { time: '2024-01-02T00:00:01.000Z', level: 'info', tag: 'acquire-leases', msg: '02:00:00:00:00:01 active', mac: '02:00:00:00:00:01' },
+    { time: '2024-01-02T00:00:02.000Z', level: 'warn', tag: 'acquire-leases', msg: 'no lease for 02:00:00:00:00:02' },
+  ].map((e) => JSON.stringify(e)).join('\n') + '\n{"torn\n')
 
   const port = await freePort()
   baseUrl = `http://127.0.0.1:${port}`
@@ -190,6 +197,12 @@ const EXPECTED: Record<string, (client: Client) => Promise<void>> = {
     const r = (await call(c, 'list_forwards')).structuredContent
     expect(r).toEqual({ forwards: await api('/forwards') })
     expect(r!.forwards).toMatchObject([{ id: 'f0000001', gatewayPort: 18081 }])
+  },
+  device_log: async (c) => {
+    const r = (await call(c, 'device_log', { mac: '02-00-00-00-00-02', lines: 5 })).structuredContent as { mac: string; lines: { msg: string }[] }
+    expect(r).toEqual(await api('/devices/02:00:00:00:00:02/log?lines=5'))
+    expect(r.lines.map((l) => l.msg)).toEqual(['02:00:00:00:00:02 acquiring', 'no lease for 02:00:00:00:00:02'])
+    expect(((await call(c, 'device_log', { mac: '02:00:00:00:00:02', lines: 1 })).structuredContent as { lines: unknown[] }).lines).toHaveLength(1)
   },
   relay_listeners: async (c) => expect((await call(c, 'relay_listeners')).structuredContent).toEqual(await api('/relay')),
   nat64: async (c) => expect((await call(c, 'nat64')).structuredContent).toEqual(await api('/nat64')),
