@@ -9,7 +9,10 @@
 import { hasRole, type Config } from '../core/config.ts'
 import { openFileLimit } from '../core/limits.ts'
 import { exposition, type Family } from '../core/prometheus.ts'
+import type { Store } from '../core/store.ts'
+import type { Sh } from '../core/exec.ts'
 import { defineSupervisor } from '../core/supervisor.ts'
+import { getIp6tnlLink } from '../net/ip6tnl.ts'
 import { createRelay, ruleKey, type ApplyResult, type RelayLogLevel } from '../reach/relay.ts'
 import { configuredForwards, forwardsProblem, type Forward, type RelayForward } from './config.ts'
 import { createNotifier, type Notifier } from './notify.ts'
@@ -48,8 +51,29 @@ export interface ForwardStatus {
   error?: string
 }
 
+/**
+ * A kernel-mode tunnel dualgate made (the VPS end of kernel forwards, or a home router's peer): the kernel
+ * carries their packets, so what is counted is the tunnel's, not each forward's.
+ */
+export interface KernelTunnelStatus {
+  iface: string
+  side: 'forward' | 'peer'
+  /** The forwards it carries, or the peer. */
+  names: string[]
+  transport: 'ipip6' | 'wireguard'
+  /** The far end's IPv6 in use, when it or its resolution's outcome last changed, and the resolution's error. */
+  remote?: string
+  changedAt?: string
+  resolveError?: string
+  link: 'up' | 'down' | 'missing'
+  rxBytes: number
+  txBytes: number
+}
+
 export interface ForwarderView {
+  /** Relay forwards (kernel forwards: `tunnels`). */
   forwards: ForwardStatus[]
+  tunnels: KernelTunnelStatus[]
   /** A rule across forwards that is broken (two take one port): nothing is changed while it holds. */
   problem?: string
   /** Each relayed connection takes two descriptors. */
@@ -79,12 +103,34 @@ export function forwardFamilies(forwards: ForwardStatus[]): Family[] {
   ]
 }
 
+/** Prometheus families of the kernel-mode tunnels. */
+export function tunnelFamilies(tunnels: KernelTunnelStatus[]): Family[] {
+  const per = (value: (t: KernelTunnelStatus) => number) => tunnels.map((t) => ({ labels: { iface: t.iface, side: t.side, transport: t.transport }, value: value(t) }))
+  return [
+    { name: 'dualgate_forward_tunnel_up', type: 'gauge', help: 'Whether a kernel-mode forwarder tunnel is up.', samples: per((t) => (t.link === 'up' ? 1 : 0)) },
+    { name: 'dualgate_forward_tunnel_rx_bytes_total', type: 'counter', help: 'Bytes received on a kernel-mode forwarder tunnel (the link\'s counter).', samples: per((t) => t.rxBytes) },
+    { name: 'dualgate_forward_tunnel_tx_bytes_total', type: 'counter', help: 'Bytes sent on a kernel-mode forwarder tunnel (the link\'s counter).', samples: per((t) => t.txBytes) },
+  ]
+}
+
+/** The kernel tunnels the forwarder job made (its records in the store), with their links as they are now. */
+export async function kernelTunnelStatus(store: Store, sh: Sh): Promise<KernelTunnelStatus[]> {
+  const records = (await store.snapshot()).forwarderTunnels
+  return Promise.all(Object.entries(records).sort(([a], [b]) => a.localeCompare(b)).map(async ([iface, r]) => {
+    const link = await getIp6tnlLink(sh, iface)
+    return {
+      iface, side: r.side, names: r.names, transport: r.transport, remote: r.remote, changedAt: r.changedAt, resolveError: r.resolveError,
+      link: !link ? 'missing' : link.up ? 'up' : 'down', rxBytes: link?.rxBytes ?? 0, txBytes: link?.txBytes ?? 0,
+    } satisfies KernelTunnelStatus
+  }))
+}
+
 interface Tracked { key: string; tracker: TargetTracker }
 
 export const forwarderSupervisor = defineSupervisor({
   name: 'forwarder',
   everyMs: 1000,
-  setup({ config, log }) {
+  setup({ config, log, store, sh }) {
     // Limits are read once: a change takes effect when the runner restarts.
     const c0 = config()
     const say = (level: RelayLogLevel, msg: string) => log()[level](`forwarder: ${msg}`)
@@ -158,7 +204,7 @@ export const forwarderSupervisor = defineSupervisor({
       return `forwards.${f.rule.tag ?? '?'}.port ${f.rule.listen.port}: cannot listen on ${f.rule.proto} ${at}:${f.rule.listen.port}: ${f.error}`
     }
 
-    function view(): ForwarderView {
+    function view(): Omit<ForwarderView, 'tunnels'> {
       const c = config()
       const counts = new Map<string, ReturnType<typeof emptyCounts>>()
       for (const l of relay.listeners()) {
@@ -241,10 +287,9 @@ export const forwarderSupervisor = defineSupervisor({
         }
       },
       close: () => relay.close(),
-      routes: [{ method: 'GET', path: '/forwarder', handler: (): ForwarderView => view() }],
-      metrics: () => {
-        const { forwards: list } = view()
-        return list.length > 0 ? exposition(forwardFamilies(list)) : ''
+      routes: [{ method: 'GET', path: '/forwarder', handler: async (): Promise<ForwarderView> => ({ ...view(), tunnels: await kernelTunnelStatus(store, sh) }) }],
+      async metrics() {
+        return exposition([...forwardFamilies(view().forwards), ...tunnelFamilies(await kernelTunnelStatus(store, sh))])
       },
       health() {
         const { forwards: list, problem: p } = view()

@@ -11,9 +11,12 @@ import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { ForwarderResult, ForwardRow, PeerRow } from '../../jobs/forwarder.ts'
 import { parseIpv6 } from '../../lib/addr/ipv6.ts'
+import { openStore } from '../../lib/core/store.ts'
 import type { KernelOutcome } from '../../lib/forwarder/kernel-plan.ts'
+import { kernelTunnelStatus } from '../../lib/forwarder/supervisor.ts'
 import { createForwarderLab, FWLAB, isRoot, type ForwarderLab } from './forwarder-lab.ts'
 import { ROOT } from './gateway.ts'
+import { nsSh } from './ns-sh.ts'
 
 const { vps: VPS, router: ROUTER, server: SERVER, client4: CLIENT4, client6: CLIENT6, dns: DNS } = FWLAB
 const WG_PORT = 51830
@@ -185,6 +188,14 @@ describe.skipIf(!isRoot())('forwarder kernel mode, WireGuard over IPv6 through w
 
   it('lets the IPv4-only client reach HTTP, TCP echo and UDP echo, and the server sees the client\'s own IPv4', async () => {
     await clientReaches()
+    // What GET /forwarder and /metrics say of the tunnels (the runner's own function, on each end's store).
+    for (const [end, iface, side, remote] of [['vps', VPS_IF, 'forward', ROUTER.wanIpv6], ['router', HOME_IF, 'peer', VPS.ipv6]] as const) {
+      const [t, ...more] = await kernelTunnelStatus(openStore({ dataDir: envOf(end).DUALGATE_DATA_DIR }), nsSh(lab.ns[end]))
+      expect(more).toEqual([])
+      expect(t).toMatchObject({ iface, side, transport: 'wireguard', link: 'up', remote })
+      expect(t.rxBytes).toBeGreaterThan(0)
+      expect(t.txBytes).toBeGreaterThan(0)
+    }
   })
 
   it('leaves the router\'s other traffic on its default route', async () => {

@@ -76,6 +76,7 @@ const FORWARDER: ForwarderView = {
     address: '2001:db8:ea::22', family: 6, resolvedAt: iso(120), resolveFailures: 0, targetChanges: 1, listening: true,
     listeners: { wanted: 1, open: 1, failed: 0 }, connections: 1, connectionsTotal: 4, udpSessions: 0, bytes: 81_920,
   }],
+  tunnels: [],
   openFileLimit: 1024,
 }
 
