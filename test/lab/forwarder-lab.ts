@@ -26,7 +26,7 @@ import { chmodSync, closeSync, existsSync, mkdtempSync, openSync, readdirSync, r
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { fileSize, ip, isAlive, isRoot, kill, killNamespaces, listNetns, listNetnsSync, nsPidsSync, readText, run, sleep, waitFor, type ExecResult, type RunOptions } from './proc.ts'
+import { fileSize, ip, isAlive, isRoot, kill, listNetns, listNetnsSync, nsPidsSync, readText, removeNamespaces, run, sleep, waitFor, type ExecResult, type RunOptions } from './proc.ts'
 
 export { isRoot } from './proc.ts'
 
@@ -154,8 +154,7 @@ async function cleanStaleLabs(prefix: string): Promise<void> {
     if (!dir) continue
     const owner = Number.parseInt(readText(join(tmpdir(), dir, 'owner')), 10)
     if (!(owner > 0) || isAlive(owner)) continue
-    await killNamespaces(namespaces)
-    for (const ns of namespaces) await ip(['netns', 'del', ns], { nothrow: true })
+    await removeNamespaces(namespaces)
     rmSync(join(tmpdir(), dir), { recursive: true, force: true })
   }
 }
@@ -355,8 +354,7 @@ export async function createForwarderLab(opts: ForwarderLabOptions = {}): Promis
     teardown() {
       torn ??= (async () => {
         const namespaces = [...new Set([...state.namespaces, ...(await listNetns()).filter((n) => n.startsWith(`${key}-`))])]
-        await killNamespaces(namespaces)
-        await Promise.all(namespaces.map((n) => ip(['netns', 'del', n], { nothrow: true })))
+        await removeNamespaces(namespaces)
         state.namespaces.clear()
         rmSync(dir, { recursive: true, force: true })
         live.delete(key)

@@ -63,7 +63,7 @@ import {
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { fileSize, ip, isAlive, isRoot, kill, killNamespaces, listNetns, listNetnsSync, nsPidsSync, readText, run, sleep, waitFor, type ExecResult } from './proc.ts'
+import { fileSize, ip, isAlive, isRoot, kill, killNamespaces, listNetns, listNetnsSync, nsPidsSync, readText, removeNamespaces, run, sleep, waitFor, type ExecResult } from './proc.ts'
 
 export { isRoot, type ExecResult } from './proc.ts'
 
@@ -269,8 +269,7 @@ async function cleanStaleLabs(): Promise<void> {
     if (!dir) continue
     const owner = Number.parseInt(readText(join(tmpdir(), dir, 'owner')), 10)
     if (!(owner > 0) || isAlive(owner)) continue
-    await killNamespaces(namespaces)
-    for (const ns of namespaces) await ip(['netns', 'del', ns], { nothrow: true })
+    await removeNamespaces(namespaces)
     rmSync(join(tmpdir(), dir), { recursive: true, force: true })
   }
 }
@@ -697,8 +696,7 @@ export async function createLab(opts: LabOptions): Promise<Lab> {
       torn ??= (async () => {
         const prefix = `dg${id}-`
         const namespaces = [...new Set([...state.namespaces, ...(await listNetns()).filter((n) => n.startsWith(prefix))])]
-        await killNamespaces(namespaces)
-        await Promise.all(namespaces.map((ns) => ip(['netns', 'del', ns], { nothrow: true })))
+        await removeNamespaces(namespaces)
         state.namespaces.clear()
         rmSync(dir, { recursive: true, force: true })
         live.delete(id)

@@ -147,3 +147,9 @@ export async function killNamespaces(namespaces: string[]): Promise<void> {
   const hardDeadline = Date.now() + 2_000
   while (Date.now() < hardDeadline && pids.some(isAlive)) await sleep(50)
 }
+
+/** Ends every process in the namespaces, then deletes them. */
+export async function removeNamespaces(namespaces: string[]): Promise<void> {
+  await killNamespaces(namespaces)
+  await Promise.all(namespaces.map((ns) => ip(['netns', 'del', ns], { nothrow: true })))
+}

@@ -20,6 +20,7 @@ import { loadConfig } from '../../lib/core/config.ts'
 import { emptyData } from '../../lib/core/schema.ts'
 import type { Backend } from '../../lib/mcp/backend.ts'
 import { listenMcpSocket } from '../../lib/mcp/transport.ts'
+import { waitFor } from './wait.ts'
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const FIXTURES = path.join(ROOT, 'test/fixtures/jobs')
@@ -41,17 +42,6 @@ function freePort(): Promise<number> {
       srv.close(() => resolve(port))
     })
   })
-}
-
-async function waitFor(check: () => Promise<boolean> | boolean, timeoutMs: number, what: () => string): Promise<void> {
-  const until = Date.now() + timeoutMs
-  for (;;) {
-    try {
-      if (await check()) return
-    } catch { /* not yet */ }
-    if (Date.now() > until) throw new Error(`timed out: ${what()}`)
-    await new Promise((r) => setTimeout(r, 100))
-  }
 }
 
 function device(mac: string, status: DeviceStatus, n: number): Device {

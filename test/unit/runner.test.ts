@@ -15,6 +15,7 @@ import { addBounded, createQueue, MAX_PENDING, type Batch, type Item } from '../
 import { jobsFor } from '../../lib/runner/event-jobs.ts'
 import { wantedSchedules } from '../../lib/runner/schedule.ts'
 import { parseData, type Data } from '../../lib/core/schema.ts'
+import { waitFor } from './wait.ts'
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const SHIM = path.join(ROOT, 'hooks/dualgate-event')
@@ -321,17 +322,6 @@ async function startRunner(dataDir: string, extra: Record<string, string> = {}):
   const r = spawnRunner(dataDir, await freePort(), extra)
   await waitFor(async () => (await fetch(`${r.url}/health`)).ok, 30_000, () => `runner did not come up:\n${r.output()}`)
   return r
-}
-
-async function waitFor(check: () => Promise<boolean> | boolean, timeoutMs: number, what: () => string): Promise<void> {
-  const until = Date.now() + timeoutMs
-  for (;;) {
-    try {
-      if (await check()) return
-    } catch { /* not yet */ }
-    if (Date.now() > until) throw new Error(`timed out: ${what()}`)
-    await new Promise((r) => setTimeout(r, 100))
-  }
 }
 
 function storeData(dataDir: string): Data {
