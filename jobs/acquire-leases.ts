@@ -7,7 +7,7 @@ import pLimit from 'p-limit'
 import { retryDelaySeconds } from '../lib/core/backoff.ts'
 import { freeRouteTable, logTransitions, setStatus, type Transition } from '../lib/devices/state.ts'
 import { setSysctls } from '../lib/net/sysctl.ts'
-import { acquireIdentity, ensureForwarding, pathProblem, refreshIdentity, releaseIdentity, wanSysctls, type IdentityEnv } from '../lib/devices/identity.ts'
+import { acquireIdentity, ensureForwarding, IDENTITY_LOCK, pathProblem, refreshIdentity, releaseIdentity, wanSysctls, type IdentityEnv } from '../lib/devices/identity.ts'
 import { defineJob, runMain, type Payload } from '../lib/core/job.ts'
 import { requireInterfaces } from '../lib/devices/lan.ts'
 import { addDeviceNat, syncNat } from '../lib/reach/nat.ts'
@@ -41,7 +41,7 @@ const job = defineJob({
   name: 'acquire-leases',
   role: 'gateway',
   description: 'Give devices their own WAN identity and keep their leases renewed.',
-  exclusive: true,
+  exclusive: IDENTITY_LOCK,
   async run({ payload, ctx }): Promise<AcquireResult> {
     const { config, log, sh, store } = ctx
     const env: IdentityEnv = { sh, config, log }
@@ -68,7 +68,7 @@ const job = defineJob({
     if (!ctx.dryRun) await mkdir(config.runDir, { recursive: true })
     await setSysctls(sh, wanSysctls(config.wanIf))
     await ensureLanRule(sh, config.lanAddr)
-    await syncNat(ctx, before)
+    await syncNat(ctx, () => store.read())
     const offer = await probeUpstream(sh, config.wanIf)
     result.offer = offer
     // Where the devices' IPv4 must go through the upstream's NAT64 (lib/clat.ts), ask its DNS64 where that is.
@@ -156,7 +156,7 @@ const job = defineJob({
     })))
     if (progress) process.stderr.write('\n')
 
-    await syncNat(ctx, await store.read())
+    await syncNat(ctx, () => store.read())
     return result
   },
   format: (r: AcquireResult) => r.wanUp

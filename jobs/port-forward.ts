@@ -11,7 +11,7 @@ import { requestRun } from '../lib/core/trigger.ts'
 export interface ForwardResult { action: 'add' | 'remove' | 'list' | 'quick-device'; forwards: Forward[] }
 
 async function applied(ctx: JobContext): Promise<void> {
-  await syncNat(ctx, await ctx.store.read())
+  await syncNat(ctx, () => ctx.store.read())
   if (!ctx.dryRun) await requestRun(ctx.config, 'refresh-proxies', 'port-forward', 'changed')
 }
 

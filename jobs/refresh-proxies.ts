@@ -19,8 +19,8 @@ const job = defineJob({
     await requireInterfaces(ctx.sh, ctx.config)
     // The runner runs this job at start: a host that rebooted without our sysctl file forwards again.
     await ensureForwarding(ctx)
+    const nat = await syncNat(ctx, () => ctx.store.read())
     const data = await ctx.store.read()
-    const nat = await syncNat(ctx, data)
     if (nat.table === 'created') ctx.log.info('nftables table inet dualgate (re)created')
     if (nat.added + nat.removed > 0) ctx.log.info(`nftables: ${nat.added} elements added, ${nat.removed} removed`)
     return { ...nat, forwards: data.forwards.length, relayListeners: (await relayView(ctx.sh, ctx.config, data)).rules.length }

@@ -9,8 +9,10 @@ import lockfile from 'proper-lockfile'
 export interface JobLockOptions {
   /** How long to wait for the other run before giving up. */
   waitMs: number
-  /** Called once when the lock is held by another run, with that run's PID when known. */
-  onWait?: (holder: number | undefined) => void
+  /** Who holds the lock, for messages (default: "another NAME run"); the holder's PID is added when known. */
+  holder?: string
+  /** Called once when the lock is held by another run, with who that is. */
+  onWait?: (holder: string) => void
   /** The lock was lost while held (its directory removed, or not refreshed for too long). */
   onCompromised?: (err: Error) => void
 }
@@ -18,13 +20,17 @@ export interface JobLockOptions {
 const STALE_MS = 10_000
 const POLL_MS = 200
 
-/** Waits for and takes the lock of job `name`; resolves to its release. */
+/** Waits for and takes the lock `name` (a job's name, or a lock that jobs share); resolves to its release. */
 export async function lockJob(runDir: string, name: string, opts: JobLockOptions): Promise<() => Promise<void>> {
   const dir = path.join(runDir, 'jobs')
   await mkdir(dir, { recursive: true })
   const file = path.join(dir, name)
   const deadline = Date.now() + opts.waitMs
   let told = false
+  const holder = async () => {
+    const pid = await holderPid(file)
+    return `${opts.holder ?? `another ${name} run`}${pid ? ` (pid ${pid})` : ''}`
+  }
   for (;;) {
     try {
       const release = await lockfile.lock(file, {
@@ -40,12 +46,9 @@ export async function lockJob(runDir: string, name: string, opts: JobLockOptions
     }
     if (!told) {
       told = true
-      opts.onWait?.(await holderPid(file))
+      opts.onWait?.(await holder())
     }
-    if (Date.now() >= deadline) {
-      const pid = await holderPid(file)
-      throw new Error(`another ${name} run${pid ? ` (pid ${pid})` : ''} still holds ${file}.lock after ${Math.round(opts.waitMs / 1000)} s`)
-    }
+    if (Date.now() >= deadline) throw new Error(`${await holder()} still holds ${file}.lock after ${Math.round(opts.waitMs / 1000)} s`)
     await new Promise((r) => setTimeout(r, POLL_MS))
   }
 }

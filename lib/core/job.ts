@@ -40,8 +40,11 @@ export interface Job<R = unknown> {
   format?(result: R): string
   /** The command line's exit status for a run that returned (default 0): diagnose exits 1 when a check fails. */
   exitCode?(result: R): number
-  /** Changes the data plane: runs once at a time across processes (lib/job-lock.ts); dry runs do not wait. */
-  exclusive?: boolean
+  /**
+   * Changes the data plane: runs once at a time across processes (lib/job-lock.ts); dry runs do not wait.
+   * A lock name instead of true keeps the job apart from every other job that names it too.
+   */
+  exclusive?: boolean | string
   /** The role this job serves (config key role); on a host without it the job does nothing and says so. */
   role?: Role
 }
@@ -96,10 +99,12 @@ export async function execute<R>(job: Job<R>, payload: Payload[], ctx: JobContex
     return undefined
   }
   if (!job.exclusive || ctx.dryRun) return job.run({ payload, ctx })
-  const release = await lockJob(ctx.config.runDir, job.name, {
+  const lock = typeof job.exclusive === 'string' ? job.exclusive : job.name
+  const release = await lockJob(ctx.config.runDir, lock, {
     waitMs: ctx.config.jobTimeout * 1000,
-    onWait: (pid) => ctx.log.info(`waiting for another ${job.name} run${pid ? ` (pid ${pid})` : ''} to finish`),
-    onCompromised: (err) => ctx.log.warn(`${job.name} lock lost: ${err.message}`),
+    holder: lock === job.name ? `another ${job.name} run` : `the run holding the ${lock} lock`,
+    onWait: (holder) => ctx.log.info(`waiting for ${holder} to finish`),
+    onCompromised: (err) => ctx.log.warn(`${lock} lock lost: ${err.message}`),
   })
   try {
     return await job.run({ payload, ctx })

@@ -18,6 +18,13 @@ import type { Device } from '../core/schema.ts'
 
 export interface IdentityEnv { sh: Sh; config: Config; log: Logger }
 
+/**
+ * The lock that acquire-leases and prune-stale share (their `exclusive`): both make and unmake identities, and
+ * neither may act on a device the other is half-way through (a prune stopping a client that a concurrent
+ * acquire then finds dead and acquires again, for a device that has left).
+ */
+export const IDENTITY_LOCK = 'identities'
+
 export interface Identity {
   ifname: string
   wanIpv4?: string

@@ -18,7 +18,7 @@ export const nft: CheckFn = async (env) => {
   const view = await env.store()
   // The text listing: nft 1.0.6 leaves the table's comment out of its JSON.
   const { stdout, code, stderr } = await sh.query('nft', ['list', 'table', 'inet', TABLE], { nothrow: true })
-  const repair = view.data ? async () => { await syncNat(env.ctx, (await readStoreView(config.dataDir)).data ?? view.data!) } : undefined
+  const repair = view.data ? async () => { await syncNat(env.ctx, async () => (await readStoreView(config.dataDir)).data ?? view.data!) } : undefined
   if (code !== 0) {
     if (/No such file|does not exist/i.test(stderr)) {
       return { check: fail('nft', `table inet ${TABLE} is missing: no device NAT, no port forwards`, view.data ? 'create the table and load its maps from the store' : undefined), apply: repair }

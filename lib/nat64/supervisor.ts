@@ -58,7 +58,7 @@ export const nat64Supervisor = defineSupervisor({
      */
     async function table(c: Config): Promise<void> {
       if (c.nat64 ? tableFor === true : tableFor !== true) return
-      await syncNat({ sh, config: c }, await store.read())
+      await syncNat({ sh, config: c }, () => store.read())
       tableFor = c.nat64
     }
 

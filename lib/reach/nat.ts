@@ -9,6 +9,11 @@ import { addElements, ensureTable, syncMap, type TableOptions } from '../net/nft
 import { CLAT_MTU, CLAT_TUN } from '../clat/plan.ts'
 import { TUN as NAT64_TUN } from '../nat64/plan.ts'
 import type { Data } from '../core/schema.ts'
+import { lockJob } from '../core/job-lock.ts'
+
+const NAT_LOCK = 'nat'
+
+export interface NatSync { table: 'present' | 'created'; added: number; removed: number }
 
 export function tableOptions(config: Config): TableOptions {
   const lan = parseCidr4(config.lanAddr)
@@ -36,7 +41,22 @@ export function natMaps(data: Data): Record<'dev_snat4' | 'dev_dnat4' | 'fwd4', 
   return maps
 }
 
-export async function syncNat(ctx: { sh: Sh; config: Config }, data: Data): Promise<{ table: 'present' | 'created'; added: number; removed: number }> {
+/**
+ * Reads the store through `read` and brings the maps to it, under a lock that every syncing process shares:
+ * a sync that started from an older store (a refresh-proxies while prune-stale removes a device) cannot
+ * apply it after a newer one, because whoever writes the store syncs after writing and reads inside the lock.
+ */
+export async function syncNat(ctx: { sh: Sh; config: Config }, read: () => Promise<Data>): Promise<NatSync> {
+  if (ctx.sh.dryRun) return applyMaps(ctx, await read())
+  const release = await lockJob(ctx.config.runDir, NAT_LOCK, { waitMs: ctx.config.jobTimeout * 1000, holder: 'the process syncing the nftables maps' })
+  try {
+    return await applyMaps(ctx, await read())
+  } finally {
+    await release().catch(() => {})
+  }
+}
+
+async function applyMaps(ctx: { sh: Sh; config: Config }, data: Data): Promise<NatSync> {
   const maps = natMaps(data)
   const table = await ensureTable(ctx.sh, tableOptions(ctx.config), maps)
   if (table === 'created') return { table, added: Object.values(maps).reduce((n, m) => n + m.size, 0), removed: 0 }

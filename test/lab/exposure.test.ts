@@ -4,6 +4,8 @@
 import { readFileSync } from 'node:fs'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { ForwardResult } from '../../jobs/port-forward.ts'
+import type { PruneResult } from '../../jobs/prune-stale.ts'
+import { macvlanName } from '../../lib/addr/mac.ts'
 import type { Device, Forward } from '../../lib/core/schema.ts'
 import type { RelayRule } from '../../lib/reach/relay.ts'
 import { api, runJob, startRunner, until, type LabRunner } from './gateway.ts'
@@ -135,13 +137,23 @@ describe.skipIf(!isRoot())('reaching the devices (lab, dual-stack)', () => {
     await lab.unplug(dev)
     await lab.exec(lab.router.ns, 'ip', ['neigh', 'flush', 'dev', lab.router.lanIf, 'to', dev.lanIpv4], { nothrow: true })
     await new Promise((r) => setTimeout(r, 10_500))
-    const prune = await runJob(lab, 'prune-stale', [], { ...env, DUALGATE_STALE_AFTER: '10', DUALGATE_DNSMASQ_LEASES: '/nonexistent' })
+    // An acquire-leases at the same moment, as the device's DHCP clients' events start one when the prune
+    // stops them: it must not find the clients dead and acquire the leaving device again.
+    const [prune, acquire] = await Promise.all([
+      runJob<PruneResult>(lab, 'prune-stale', [], { ...env, DUALGATE_STALE_AFTER: '10', DUALGATE_DNSMASQ_LEASES: '/nonexistent' }),
+      runJob(lab, 'acquire-leases', [], env),
+    ])
     expect(prune.code, prune.stderr).toBe(0)
+    expect(prune.result.gone).toEqual([dev.mac])
+    expect(acquire.code, acquire.stderr).toBe(0)
     await until('its listeners closed', 10_000, async () => ((await relay()).rules.some((r) => d.wanIpv6.includes(r.listen.host)) ? undefined : true))
     const nft = (await lab.exec(lab.router.ns, 'nft', ['list', 'table', 'inet', 'dualgate'])).stdout
     expect(nft).not.toContain(d.wanIpv4!)
     expect(nft).not.toContain(`${dev.lanIpv4} `)
     const ss = (await lab.exec(lab.router.ns, 'ss', ['-lntu'])).stdout
     for (const a of d.wanIpv6) expect(ss).not.toContain(a)
+    const links = (await lab.exec(lab.router.ns, 'ip', ['-br', 'link'])).stdout
+    expect(links).not.toContain(macvlanName(dev.mac))
+    expect((await devices())[dev.mac].status).toBe('gone')
   })
 })

@@ -8,10 +8,12 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { openStore } from '../../lib/core/store.ts'
+import { IDENTITY_LOCK } from '../../lib/devices/identity.ts'
 
 const FIXTURE = fileURLToPath(new URL('../fixtures/jobs/exclusive.ts', import.meta.url))
 const HOLD_LOCK = fileURLToPath(new URL('../fixtures/hold-lock.ts', import.meta.url))
 const DIAGNOSE = fileURLToPath(new URL('../../jobs/diagnose.ts', import.meta.url))
+const PRUNE = fileURLToPath(new URL('../../jobs/prune-stale.ts', import.meta.url))
 let dir: string
 
 interface Run { pid: number; done: Promise<{ code: number | null; stderr: string }> }
@@ -97,14 +99,14 @@ describe('exclusive jobs', () => {
     expect(spans().map((r) => r[0])).toEqual([second.pid])
   }, 40_000)
 
-  it('a repair by diagnose --fix runs acquire-leases under the same lock, waiting for the run that holds it', async () => {
+  it('a repair by diagnose --fix runs acquire-leases under the identities lock that prune-stale shares, waiting for its holder', async () => {
     const now = new Date().toISOString()
     const mac = '02:00:00:00:00:0a'
     await openStore({ dataDir: path.join(dir, 'data') }).update((d) => {
       // Active, with a WAN lease but no DHCP client: the dhcp-clients check fails and its fix re-acquires it.
       d.devices[mac] = { mac, status: 'active', statusChangedAt: now, firstSeen: now, lastSeen: now, lanIpv4: '192.168.1.10', wanIpv4: '198.18.1.10', wanIpv6: [], attempts: 0 }
     })
-    const holder = spawn(process.execPath, ['--import=tsx', HOLD_LOCK, path.join(dir, 'run'), 'acquire-leases', '5000'], { stdio: ['ignore', 'pipe', 'inherit'] })
+    const holder = spawn(process.execPath, ['--import=tsx', HOLD_LOCK, path.join(dir, 'run'), IDENTITY_LOCK, '5000'], { stdio: ['ignore', 'pipe', 'inherit'] })
     await new Promise<void>((resolve, reject) => {
       holder.stdout.on('data', (d: Buffer) => { if (d.toString().includes('held')) resolve() })
       holder.on('close', () => reject(new Error('the lock holder exited first')))
@@ -117,7 +119,26 @@ describe('exclusive jobs', () => {
     let stderr = ''
     diag.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
     await new Promise((resolve) => diag.on('close', resolve))
-    expect(stderr).toContain(`waiting for another acquire-leases run (pid ${holder.pid}) to finish`)
+    expect(stderr).toContain(`waiting for the run holding the ${IDENTITY_LOCK} lock (pid ${holder.pid}) to finish`)
     expect(holder.exitCode).toBe(0)
+  }, 40_000)
+
+  it('prune-stale waits for the identities lock too: it never releases a device that acquire-leases is working on', async () => {
+    const holder = spawn(process.execPath, ['--import=tsx', HOLD_LOCK, path.join(dir, 'run'), IDENTITY_LOCK, '3000'], { stdio: ['ignore', 'pipe', 'inherit'] })
+    await new Promise<void>((resolve, reject) => {
+      holder.stdout.on('data', (d: Buffer) => { if (d.toString().includes('held')) resolve() })
+      holder.on('close', () => reject(new Error('the lock holder exited first')))
+    })
+    const prune = spawn(process.execPath, ['--import=tsx', PRUNE], {
+      env: { PATH: process.env.PATH, DUALGATE_DATA_DIR: path.join(dir, 'data'), DUALGATE_RUN_DIR: path.join(dir, 'run'), DUALGATE_UCI_FILE: path.join(dir, 'no-uci'), DUALGATE_WAN_IF: 'dgnowan0', DUALGATE_LAN_IF: 'dgnolan0' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let stderr = ''
+    prune.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
+    await new Promise((resolve) => prune.on('close', resolve))
+    expect(stderr).toContain(`waiting for the run holding the ${IDENTITY_LOCK} lock (pid ${holder.pid}) to finish`)
+    // It ran only once the holder let go: then it found the interfaces missing and changed nothing.
+    expect(holder.exitCode).toBe(0)
+    expect(stderr).toMatch(/dgnolan0|dgnowan0/)
   }, 40_000)
 })
