@@ -15,6 +15,12 @@ const ifname = z.string().regex(/^[A-Za-z0-9_.@-]{1,15}$/, 'not an interface nam
 const cidr4 = z.string().regex(/^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/, 'expected an IPv4 address with prefix, such as 192.168.1.1/24')
   .refine((v) => { const [a, p] = v.split('/'); return a.split('.').every((o) => Number(o) <= 255) && Number(p) >= 1 && Number(p) <= 30 }, 'octet above 255 or prefix outside 1-30')
 const int = (min: number, max: number) => z.coerce.number().int('expected a whole number').min(min).max(max)
+/**
+ * The Fetch standard's blocked ports (fetch.spec.whatwg.org, "bad port"): browsers, and the fetch that our CLI
+ * commands use, refuse to connect to them, so the API and its status page cannot live there.
+ */
+const FETCH_BLOCKED_PORTS = new Set([1, 7, 9, 11, 13, 15, 17, 19, 20, 21, 22, 23, 25, 37, 42, 43, 53, 69, 77, 79, 87, 95, 101, 102, 103, 104, 109, 110, 111, 113, 115, 117, 119, 123, 135, 137, 139, 143, 161, 179, 389, 427, 465, 512, 513, 514, 515, 526, 530, 531, 532, 540, 548, 554, 556, 563, 587, 601, 636, 989, 990, 993, 995, 1719, 1720, 1723, 2049, 3659, 4045, 4190, 5060, 5061, 6000, 6566, 6665, 6666, 6667, 6668, 6669, 6679, 6697, 10080])
+const httpPort = int(1, 65535).refine((p) => !FETCH_BLOCKED_PORTS.has(p), 'a port that browsers and fetch refuse to connect to (the Fetch standard\'s blocked ports); choose another')
 const bool = z.union([z.boolean(), z.enum(['0', '1', 'true', 'false', 'yes', 'no', 'on', 'off'])])
   .transform((v) => v === true || v === '1' || v === 'true' || v === 'yes' || v === 'on')
 const cron = z.string().refine((v) => v === '' || validCron(v), 'not a cron expression (five or six fields; empty disables)')
@@ -68,7 +74,7 @@ const spec = {
   persistDir: [z.string(), ''],
   persistInterval: [int(10, 86_400), 600],
   apiHost: [z.string().regex(/^[0-9A-Fa-f:.]+$|^localhost$/, 'expected an IP address'), '127.0.0.1'],
-  apiPort: [int(1, 65535), 5050],
+  apiPort: [httpPort, 5050],
   apiToken: [z.string(), ''],
   /** The runner's MCP server on a unix socket (root's, 0600): a path, relative to runDir; empty: <runDir>/mcp.sock; "off": none. */
   mcpSocket: [z.string(), ''],

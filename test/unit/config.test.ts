@@ -62,6 +62,7 @@ describe('loadConfig', () => {
 
   it.each([
     [{ DUALGATE_API_PORT: '70000' }, /apiPort = "70000" from env DUALGATE_API_PORT/],
+    [{ DUALGATE_API_PORT: '5060' }, /apiPort = "5060" from env DUALGATE_API_PORT: a port that browsers and fetch refuse/],
     [{ DUALGATE_WAN_IF: 'eth0; reboot' }, /wanIf .* from env DUALGATE_WAN_IF: not an interface name/],
     [{ DUALGATE_WAN_IF: 'averyveryverylongname' }, /wanIf/],
     [{ DUALGATE_LAN_ADDR: '192.168.1.300/24' }, /lanAddr/],
@@ -70,6 +71,16 @@ describe('loadConfig', () => {
   ])('refuses %o with one clear error naming key and source', (env, message) => {
     expect(() => loadConfig({ env, uciFile: noUci })).toThrow(ConfigError)
     expect(() => loadConfig({ env, uciFile: noUci })).toThrow(message)
+  })
+
+  it("refuses for apiPort exactly the ports this Node's fetch refuses to connect to", async () => {
+    // fetch refuses a bad port before it connects, so this sends nothing; ports it would connect to are not tried.
+    const refused = async (port: number) => ((await fetch(`http://127.0.0.1:${port}/`).catch((e: Error) => e)) as Error & { cause?: Error }).cause?.message === 'bad port'
+    for (const port of [1, 22, 6000, 6679, 10080]) {
+      expect(() => loadConfig({ env: { DUALGATE_API_PORT: String(port) }, uciFile: noUci })).toThrow(/browsers and fetch refuse/)
+      expect(await refused(port)).toBe(true)
+    }
+    expect(loadConfig({ env: { DUALGATE_API_PORT: '6680' }, uciFile: noUci }).config.apiPort).toBe(6680)
   })
 
   it('names the file for an unknown UCI option or JSON key', () => {
