@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createForwarderLab, FWLAB, isRoot, type ForwarderLab } from './forwarder-lab.ts'
 
 const ROOT = path.resolve(import.meta.dirname, '../..')
-// Not 5060 or 5061: fetch refuses the ports on its list of bad ports (SIP).
+// Not 5060 or 5061: fetch refuses the ports on its list of bad ports (SIP), and so does the config.
 const API_PORT = 5071
 const INTERVAL_S = 5
 const GRACE_S = 3

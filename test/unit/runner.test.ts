@@ -519,7 +519,7 @@ describe('runner process', () => {
     r.proc.kill('SIGHUP')
     await waitFor(() => /configuration reloaded/.test(r.output()), 10_000, () => r.output())
 
-    const bad = spawnRunner(tempDir(), 1, { DUALGATE_JOB_TIMEOUT: 'soon' })
+    const bad = spawnRunner(tempDir(), await freePort(), { DUALGATE_JOB_TIMEOUT: 'soon' })
     expect((await bad.exited).code).toBe(2)
     expect(bad.output()).toMatch(/jobTimeout/)
   })
