@@ -2,7 +2,8 @@
 // process with commands run through `ip netns exec` (a job's process start costs ~15 s in emulation), makes
 // the tunnel between a dual-stack VPS and an IPv6-only home router, first as ipip6 (4in6), then as kernel
 // WireGuard. An IPv4-only client reaches the home server's TCP and UDP echo at the VPS's IPv4 and the server
-// sees the client's own address; a second reconcile changes nothing; for ipip6 the home's new address moves
+// sees the client's own address, and TCP through the tunnel is held to its MTU from the SYN on (MSS clamping at
+// both ends); a second reconcile changes nothing; for ipip6 the home's new address moves
 // the tunnel's remote; removing the config removes everything at both ends.
 //
 // The namespaces are a small set of their own (the forwarder lab's services and DNS would cost a node start
@@ -119,6 +120,30 @@ async function clientReaches(): Promise<void> {
   expect(seen('udp.log')).toBeGreaterThan(udpBefore)
 }
 
+/** Linux's timestamp option, on by default, takes 12 bytes of every segment: ss's mss is the MSS less that. */
+const TIMESTAMPS = 12
+
+/**
+ * The segment size both sides of one TCP connection through the tunnel send (ss's mss: the least of the peer's
+ * SYN option and the own path, less options): without the clamp both would take 1460 - 12 from their
+ * 1500-byte links.
+ */
+async function mssThroughTunnel(): Promise<{ client: number; server: number }> {
+  const child = spawn('ip', ['netns', 'exec', NS.c4, 'socat', '-T', '5', 'EXEC:sleep 4', `TCP4:${A.vps4}:${TCP_ECHO},connect-timeout=10`], { stdio: 'ignore' })
+  const mss = (text: string) => Number(/\bmss:(\d+)/.exec(text)?.[1] ?? 0)
+  try {
+    for (let i = 0; i < 50; i++) {
+      const client = mss((await inNs(NS.c4, 'ss', ['-Htni', 'state', 'established', 'dport', '=', `:${TCP_ECHO}`])).stdout)
+      const server = mss((await inNs(NS.srv, 'ss', ['-Htni', 'state', 'established', 'sport', '=', `:${TCP_ECHO}`])).stdout)
+      if (client && server) return { client, server }
+      await new Promise((r) => setTimeout(r, 100))
+    }
+    throw new Error('no TCP connection through the tunnel within 5 s')
+  } finally {
+    child.kill()
+  }
+}
+
 async function ours(end: End): Promise<string[]> {
   const ns = NS[end]
   const out: string[] = []
@@ -176,6 +201,7 @@ describe('forwarder kernel mode over ipip6 (4in6)', () => {
     expect(link.linkinfo).toMatchObject({ info_kind: 'ip6tnl', info_data: { proto: 'ipip6', local: A.vps6, remote: A.home6 } })
     expect(link.mtu).toBe(1452)
     await clientReaches()
+    expect(await mssThroughTunnel()).toEqual({ client: 1452 - 40 - TIMESTAMPS, server: 1452 - 40 - TIMESTAMPS })
   })
 
   it('changes nothing on a second reconcile at either end', async () => {
@@ -209,6 +235,7 @@ describe('forwarder kernel mode over kernel WireGuard', () => {
     const link = JSON.parse((await inNs(NS.vps, 'ip', ['-j', '-d', 'link', 'show', 'dgf-home'])).stdout)[0]
     expect(link.linkinfo.info_kind).toBe('wireguard')
     await clientReaches()
+    expect(await mssThroughTunnel()).toEqual({ client: link.mtu - 40 - TIMESTAMPS, server: link.mtu - 40 - TIMESTAMPS })
   })
 
   it('changes nothing on a second reconcile at either end', async () => {
