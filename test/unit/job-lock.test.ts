@@ -1,7 +1,7 @@
 // Exclusive jobs across processes: two runs of the same job by hand never overlap, the second says whom it
 // waits for, a holder killed with SIGKILL does not block the job for good, and a dry run does not wait; a
-// repair by diagnose takes the same lock.
-import { spawn } from 'node:child_process'
+// repair by diagnose and a prune take the identities lock that acquire-leases holds.
+import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
@@ -49,6 +49,28 @@ async function started(timeoutMs = 10_000): Promise<void> {
     if (Date.now() > end) throw new Error('the first run never started')
     await new Promise((r) => setTimeout(r, 50))
   }
+}
+
+/** A process that holds the identities lock for `ms`, as an acquire-leases run would; resolves once it holds it. */
+async function holdIdentities(ms: number): Promise<ChildProcess> {
+  const holder = spawn(process.execPath, ['--import=tsx', HOLD_LOCK, path.join(dir, 'run'), IDENTITY_LOCK, String(ms)], { stdio: ['ignore', 'pipe', 'inherit'] })
+  await new Promise<void>((resolve, reject) => {
+    holder.stdout!.on('data', (d: Buffer) => { if (d.toString().includes('held')) resolve() })
+    holder.on('close', () => reject(new Error('the lock holder exited first')))
+  })
+  return holder
+}
+
+/** Runs a job file whose interfaces do not exist: once it holds its lock, it refuses and changes nothing here. */
+async function runWithoutInterfaces(file: string, args: string[] = []): Promise<string> {
+  const child = spawn(process.execPath, ['--import=tsx', file, ...args], {
+    env: { PATH: process.env.PATH, DUALGATE_DATA_DIR: path.join(dir, 'data'), DUALGATE_RUN_DIR: path.join(dir, 'run'), DUALGATE_UCI_FILE: path.join(dir, 'no-uci'), DUALGATE_WAN_IF: 'dgnowan0', DUALGATE_LAN_IF: 'dgnolan0' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  let stderr = ''
+  child.stderr!.on('data', (d: Buffer) => { stderr += d.toString() })
+  await new Promise((resolve) => child.on('close', resolve))
+  return stderr
 }
 
 beforeEach(() => {
@@ -106,36 +128,15 @@ describe('exclusive jobs', () => {
       // Active, with a WAN lease but no DHCP client: the dhcp-clients check fails and its fix re-acquires it.
       d.devices[mac] = { mac, status: 'active', statusChangedAt: now, firstSeen: now, lastSeen: now, lanIpv4: '192.168.1.10', wanIpv4: '198.18.1.10', wanIpv6: [], attempts: 0 }
     })
-    const holder = spawn(process.execPath, ['--import=tsx', HOLD_LOCK, path.join(dir, 'run'), IDENTITY_LOCK, '5000'], { stdio: ['ignore', 'pipe', 'inherit'] })
-    await new Promise<void>((resolve, reject) => {
-      holder.stdout.on('data', (d: Buffer) => { if (d.toString().includes('held')) resolve() })
-      holder.on('close', () => reject(new Error('the lock holder exited first')))
-    })
-    // Interfaces that do not exist: acquire-leases refuses to run and changes nothing on this machine.
-    const diag = spawn(process.execPath, ['--import=tsx', DIAGNOSE, '--fix', 'dhcp-clients'], {
-      env: { PATH: process.env.PATH, DUALGATE_DATA_DIR: path.join(dir, 'data'), DUALGATE_RUN_DIR: path.join(dir, 'run'), DUALGATE_UCI_FILE: path.join(dir, 'no-uci'), DUALGATE_WAN_IF: 'dgnowan0', DUALGATE_LAN_IF: 'dgnolan0' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
-    let stderr = ''
-    diag.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
-    await new Promise((resolve) => diag.on('close', resolve))
+    const holder = await holdIdentities(5000)
+    const stderr = await runWithoutInterfaces(DIAGNOSE, ['--fix', 'dhcp-clients'])
     expect(stderr).toContain(`waiting for the run holding the ${IDENTITY_LOCK} lock (pid ${holder.pid}) to finish`)
     expect(holder.exitCode).toBe(0)
   }, 40_000)
 
   it('prune-stale waits for the identities lock too: it never releases a device that acquire-leases is working on', async () => {
-    const holder = spawn(process.execPath, ['--import=tsx', HOLD_LOCK, path.join(dir, 'run'), IDENTITY_LOCK, '3000'], { stdio: ['ignore', 'pipe', 'inherit'] })
-    await new Promise<void>((resolve, reject) => {
-      holder.stdout.on('data', (d: Buffer) => { if (d.toString().includes('held')) resolve() })
-      holder.on('close', () => reject(new Error('the lock holder exited first')))
-    })
-    const prune = spawn(process.execPath, ['--import=tsx', PRUNE], {
-      env: { PATH: process.env.PATH, DUALGATE_DATA_DIR: path.join(dir, 'data'), DUALGATE_RUN_DIR: path.join(dir, 'run'), DUALGATE_UCI_FILE: path.join(dir, 'no-uci'), DUALGATE_WAN_IF: 'dgnowan0', DUALGATE_LAN_IF: 'dgnolan0' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
-    let stderr = ''
-    prune.stderr.on('data', (d: Buffer) => { stderr += d.toString() })
-    await new Promise((resolve) => prune.on('close', resolve))
+    const holder = await holdIdentities(3000)
+    const stderr = await runWithoutInterfaces(PRUNE)
     expect(stderr).toContain(`waiting for the run holding the ${IDENTITY_LOCK} lock (pid ${holder.pid}) to finish`)
     // It ran only once the holder let go: then it found the interfaces missing and changed nothing.
     expect(holder.exitCode).toBe(0)
