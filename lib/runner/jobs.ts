@@ -13,7 +13,13 @@ export function jobsDir(env: NodeJS.ProcessEnv = process.env): string {
   return env.DUALGATE_JOBS_DIR ? path.resolve(env.DUALGATE_JOBS_DIR) : fileURLToPath(new URL('../../jobs', import.meta.url))
 }
 
-/** Job name → module file. */
+/**
+ * Files in jobs/ that are commands, never the runner's jobs: install writes the system's files and services,
+ * mcp serves an MCP client on its stdin. Neither is listed, scheduled, or started by an event or the API.
+ */
+const COMMANDS_ONLY = new Set(['install', 'mcp'])
+
+/** Job name → module file, for the jobs the runner may run. */
 export function discoverJobs(dir: string): Map<string, string> {
   const exts = MODULE_EXT === '.ts' ? ['.ts', '.js', '.mjs'] : ['.js', '.mjs']
   const jobs = new Map<string, string>()
@@ -27,7 +33,7 @@ export function discoverJobs(dir: string): Map<string, string> {
     if (file.endsWith('.d.ts') || file.includes('.test.')) continue
     const ext = path.extname(file)
     const name = file.slice(0, -ext.length)
-    if (!exts.includes(ext) || !JOB_NAME.test(name) || jobs.has(name)) continue
+    if (!exts.includes(ext) || !JOB_NAME.test(name) || COMMANDS_ONLY.has(name) || jobs.has(name)) continue
     jobs.set(name, path.join(dir, file))
   }
   return jobs

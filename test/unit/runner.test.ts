@@ -13,6 +13,7 @@ import { parseEvent, toPayload } from '../../lib/core/event.ts'
 import { createCoalescer } from '../../lib/runner/coalescer.ts'
 import { addBounded, createQueue, MAX_PENDING, type Batch, type Item } from '../../lib/runner/queue.ts'
 import { jobsFor } from '../../lib/runner/event-jobs.ts'
+import { discoverJobs } from '../../lib/runner/jobs.ts'
 import { wantedSchedules } from '../../lib/runner/schedule.ts'
 import { parseData, type Data } from '../../lib/core/schema.ts'
 import { waitFor } from './wait.ts'
@@ -200,6 +201,13 @@ describe('routing and payloads', () => {
     expect(Object.keys(wantedSchedules({ ...config, sections: { tunnels: [he] } }))).toEqual(expect.arrayContaining(['tunnels', 'he-update']))
     // An event never starts a job that is not a reconciler, whatever it names.
     for (const job of ['diagnose', 'install', 'port-forward', 'config']) expect(jobsFor(ev({ source: 'dnsmasq', event: 'add', job }), config)).toEqual([])
+  })
+
+  it('runs the jobs in jobs/ but never the commands there: install and mcp are neither listed nor startable', () => {
+    const jobs = discoverJobs(path.join(ROOT, 'jobs'))
+    expect([...jobs.keys()]).toEqual(expect.arrayContaining(['acquire-leases', 'diagnose', 'prune-stale', 'scan-arp', 'forwarder']))
+    expect(jobs.has('install')).toBe(false)
+    expect(jobs.has('mcp')).toBe(false)
   })
 
   it('validates events and flattens them into payloads', () => {
