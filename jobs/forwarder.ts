@@ -9,7 +9,9 @@ import { liveRunner } from '../lib/core/runner-state.ts'
 import { ago, formatTable } from '../lib/core/table.ts'
 import { configuredForwards, configuredPeers, type Forward } from '../lib/forwarder/config.ts'
 import { reconcileKernel, type KernelResult } from '../lib/forwarder/kernel-apply.ts'
+import { forwardCounter, FWD_NFT_TABLE } from '../lib/forwarder/kernel-plan.ts'
 import { getIp6tnlLink } from '../lib/net/ip6tnl.ts'
+import { readCounters } from '../lib/net/nft.ts'
 
 export interface ForwardRow {
   name: string
@@ -26,7 +28,10 @@ export interface ForwardRow {
   resolveError?: string
   /** Kernel: the tunnel's link; relay: whether the runner listens. */
   state: string
+  /** Relay: TCP connections open now. */
   connections?: number
+  /** Connections opened: relay since the runner started, kernel since the nftables table was last written. */
+  opened?: number
   bytes?: number
 }
 
@@ -46,7 +51,7 @@ export interface PeerRow {
 export type ForwarderResult = ({ action: 'reconcile' } & KernelResult) | { action: 'list'; forwards: ForwardRow[]; peers: PeerRow[]; runner: string }
 
 /** What the runner says of one relay forward (GET /forwarder); every field optional, since it is another process's. */
-interface LiveForward { name?: unknown; address?: unknown; resolvedAt?: unknown; resolveError?: unknown; listening?: unknown; connections?: unknown; bytes?: unknown; bytesTotal?: unknown }
+interface LiveForward { name?: unknown; address?: unknown; resolvedAt?: unknown; resolveError?: unknown; listening?: unknown; connections?: unknown; connectionsTotal?: unknown; bytes?: unknown; bytesTotal?: unknown }
 
 const num = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) ? v : undefined)
 const text = (v: unknown) => (typeof v === 'string' ? v : undefined)
@@ -64,6 +69,7 @@ async function list(ctx: JobContext): Promise<ForwarderResult> {
   const records = (await ctx.store.read()).forwarderTunnels
   const forwards = configuredForwards(ctx.config)
   const { runner, live } = forwards.some((f) => f.mode === 'relay') ? await runnerForwards(ctx) : { runner: 'not asked', live: [] }
+  const counters = forwards.some((f) => f.mode === 'kernel') ? await readCounters(ctx.sh, FWD_NFT_TABLE) : new Map()
   const rows: ForwardRow[] = []
   for (const f of forwards) {
     const base = {
@@ -79,7 +85,14 @@ async function list(ctx: JobContext): Promise<ForwarderResult> {
       const record = records[f.tunnel.iface]
       const link = await getIp6tnlLink(ctx.sh, f.tunnel.iface)
       const made = record?.names.includes(f.name)
-      rows.push({ ...base, address: record?.remote, resolvedAt: record?.changedAt, resolveError: record?.resolveError, state: `${f.tunnel.iface} ${!link ? 'missing' : link.up ? 'up' : 'down'}${made || !f.enabled ? '' : ', not made'}` })
+      rows.push({
+        ...base,
+        address: record?.remote,
+        resolvedAt: record?.changedAt,
+        resolveError: record?.resolveError,
+        state: `${f.tunnel.iface} ${!link ? 'missing' : link.up ? 'up' : 'down'}${made || !f.enabled ? '' : ', not made'}`,
+        opened: counters.get(forwardCounter(f.name))?.packets,
+      })
     } else {
       const l = live.find((x) => x.name === f.name)
       rows.push({
@@ -89,6 +102,7 @@ async function list(ctx: JobContext): Promise<ForwarderResult> {
         resolveError: text(l?.resolveError),
         state: !l ? (runner === 'up' ? 'not served' : `runner ${runner}`) : l.listening === false ? 'not listening' : 'listening',
         connections: num(l?.connections),
+        opened: num(l?.connectionsTotal),
         bytes: num(l?.bytesTotal) ?? num(l?.bytes),
       })
     }
@@ -119,9 +133,9 @@ const job = defineJob({
       const parts: string[] = []
       if (r.forwards.length === 0 && r.peers.length === 0) return 'no forwards or forwarder peers configured'
       if (r.forwards.length > 0) {
-        parts.push(formatTable(['NAME', 'MODE', 'LISTEN', 'PORTS', 'PROTO', 'TARGET', 'ADDRESS', 'RESOLVED', 'STATE', 'CONNS', 'BYTES'], r.forwards.map((f) => [
+        parts.push(formatTable(['NAME', 'MODE', 'LISTEN', 'PORTS', 'PROTO', 'TARGET', 'ADDRESS', 'RESOLVED', 'STATE', 'CONNS', 'OPENED', 'BYTES'], r.forwards.map((f) => [
           f.name, f.mode, f.listen, f.ports, f.proto, f.target, f.address,
-          f.resolveError ? `failed: ${f.resolveError}` : ago(f.resolvedAt), f.enabled ? f.state : 'disabled', f.connections, f.bytes,
+          f.resolveError ? `failed: ${f.resolveError}` : ago(f.resolvedAt), f.enabled ? f.state : 'disabled', f.connections, f.opened, f.bytes,
         ])))
       }
       if (r.peers.length > 0) {

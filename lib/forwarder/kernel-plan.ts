@@ -201,16 +201,23 @@ export interface HomePart { iface: string; mtu: number; mark: number; servers: s
 
 const l4 = (protos: string[]) => (protos.length > 1 ? `{ ${protos.join(', ')} }` : protos[0])
 
+/**
+ * The named counter of a forward's DNAT rule. A nat chain sees only the first packet of each connection (UDP:
+ * each conntrack flow), so its packets are the connections the forward has opened since the table was written.
+ */
+export const forwardCounter = (name: string) => `fwd_${name}`
+
 export function dnatRule({ forward: f, listen }: DnatPart): string {
   const match = `ip daddr ${listen} meta l4proto ${l4(f.protos)}`
-  if (!f.ports) return `${match} dnat ip to ${f.targetAddress}`
+  const count = `counter name "${forwardCounter(f.name)}"`
+  if (!f.ports) return `${match} ${count} dnat ip to ${f.targetAddress}`
   const [a, b] = f.ports
   const to = f.targetPort ?? a
   const dport = a === b ? `${a}` : `${a}-${b}`
-  if (to === a) return `${match} th dport ${dport} dnat ip to ${f.targetAddress}`
-  if (a === b) return `${match} th dport ${a} dnat ip to ${f.targetAddress}:${to}`
+  if (to === a) return `${match} th dport ${dport} ${count} dnat ip to ${f.targetAddress}`
+  if (a === b) return `${match} th dport ${a} ${count} dnat ip to ${f.targetAddress}:${to}`
   const pairs = Array.from({ length: b - a + 1 }, (_, i) => `${a + i} : ${f.targetAddress} . ${to + i}`)
-  return `${match} th dport ${dport} dnat ip to th dport map { ${pairs.join(', ')} }`
+  return `${match} th dport ${dport} ${count} dnat ip to th dport map { ${pairs.join(', ')} }`
 }
 
 const clamp = (dir: 'iifname' | 'oifname', iface: string, mtu: number) =>
@@ -219,7 +226,7 @@ const clamp = (dir: 'iifname' | 'oifname', iface: string, mtu: number) =>
 /** The table's definition without its stamp; empty when there is nothing to hold. */
 export function nftBody(vps: VpsPart[], home: HomePart[]): string {
   if (vps.length === 0 && home.length === 0) return ''
-  const chains: string[] = []
+  const chains: string[] = vps.flatMap((t) => t.dnat.map((d) => `  counter ${forwardCounter(d.forward.name)} {\n  }`))
   const chain = (name: string, hook: string, rules: string[]) => {
     if (rules.length > 0) chains.push(`  chain ${name} {\n    ${hook}\n${rules.map((r) => `    ${r}\n`).join('')}  }`)
   }

@@ -13,8 +13,10 @@ import type { Store } from '../core/store.ts'
 import type { Sh } from '../core/exec.ts'
 import { defineSupervisor } from '../core/supervisor.ts'
 import { getIp6tnlLink } from '../net/ip6tnl.ts'
+import { readCounters } from '../net/nft.ts'
 import { createRelay, ruleKey, type ApplyResult, type RelayLogLevel } from '../reach/relay.ts'
 import { configuredForwards, forwardsProblem, type Forward, type RelayForward } from './config.ts'
+import { forwardCounter, FWD_NFT_TABLE } from './kernel-plan.ts'
 import { createNotifier, type Notifier } from './notify.ts'
 import { listenerCount, relayPlan } from './relay-plan.ts'
 import { createTargetTracker, dnsLookup, type Lookup, type TargetTracker } from './resolve.ts'
@@ -68,6 +70,8 @@ export interface KernelTunnelStatus {
   link: 'up' | 'down' | 'missing'
   rxBytes: number
   txBytes: number
+  /** On the VPS: connections each of its forwards opened since the nftables table was last written (its DNAT rule's counter). */
+  opened: Record<string, number>
 }
 
 export interface ForwarderView {
@@ -110,17 +114,25 @@ export function tunnelFamilies(tunnels: KernelTunnelStatus[]): Family[] {
     { name: 'dualgate_forward_tunnel_up', type: 'gauge', help: 'Whether a kernel-mode forwarder tunnel is up.', samples: per((t) => (t.link === 'up' ? 1 : 0)) },
     { name: 'dualgate_forward_tunnel_rx_bytes_total', type: 'counter', help: 'Bytes received on a kernel-mode forwarder tunnel (the link\'s counter).', samples: per((t) => t.rxBytes) },
     { name: 'dualgate_forward_tunnel_tx_bytes_total', type: 'counter', help: 'Bytes sent on a kernel-mode forwarder tunnel (the link\'s counter).', samples: per((t) => t.txBytes) },
+    {
+      name: 'dualgate_forward_kernel_connections_total',
+      type: 'counter',
+      help: 'Connections (UDP: flows) a kernel-mode forward opened since its nftables table was last written.',
+      samples: tunnels.flatMap((t) => Object.entries(t.opened).map(([forward, value]) => ({ labels: { forward, iface: t.iface }, value }))),
+    },
   ]
 }
 
 /** The kernel tunnels the forwarder job made (its records in the store), with their links as they are now. */
 export async function kernelTunnelStatus(store: Store, sh: Sh): Promise<KernelTunnelStatus[]> {
-  const records = (await store.snapshot()).forwarderTunnels
-  return Promise.all(Object.entries(records).sort(([a], [b]) => a.localeCompare(b)).map(async ([iface, r]) => {
+  const records = Object.entries((await store.snapshot()).forwarderTunnels).sort(([a], [b]) => a.localeCompare(b))
+  const counters = records.some(([, r]) => r.side === 'forward') ? await readCounters(sh, FWD_NFT_TABLE) : new Map()
+  return Promise.all(records.map(async ([iface, r]) => {
     const link = await getIp6tnlLink(sh, iface)
+    const opened = r.side === 'forward' ? Object.fromEntries(r.names.map((n) => [n, counters.get(forwardCounter(n))?.packets ?? 0])) : {}
     return {
       iface, side: r.side, names: r.names, transport: r.transport, remote: r.remote, changedAt: r.changedAt, resolveError: r.resolveError,
-      link: !link ? 'missing' : link.up ? 'up' : 'down', rxBytes: link?.rxBytes ?? 0, txBytes: link?.txBytes ?? 0,
+      link: !link ? 'missing' : link.up ? 'up' : 'down', rxBytes: link?.rxBytes ?? 0, txBytes: link?.txBytes ?? 0, opened,
     } satisfies KernelTunnelStatus
   }))
 }

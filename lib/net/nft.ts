@@ -128,6 +128,19 @@ export async function syncMap(sh: Sh, name: string, want: Map<string, string>): 
   return { added: add.length, removed: remove.length }
 }
 
+interface NftCounterJson { nftables: { counter?: { name?: unknown; packets?: unknown; bytes?: unknown } }[] }
+
+/** The named counters of table `name` (inet): name -> packets and bytes; empty when the table is missing. */
+export async function readCounters(sh: Sh, name: string): Promise<Map<string, { packets: number; bytes: number }>> {
+  const { stdout, code } = await sh.query('nft', ['-j', 'list', 'counters', 'table', 'inet', name], { nothrow: true })
+  if (code !== 0) return new Map()
+  const counters = new Map<string, { packets: number; bytes: number }>()
+  for (const { counter: c } of (JSON.parse(stdout) as NftCounterJson).nftables) {
+    if (c && typeof c.name === 'string') counters.set(c.name, { packets: Number(c.packets) || 0, bytes: Number(c.bytes) || 0 })
+  }
+  return counters
+}
+
 /**
  * A table of a capability's own beside TABLE (the forwarder's): declared whole, its comment a stamp of its
  * definition. Its comment, or undefined when the table does not exist; null when it exists without one.

@@ -13,7 +13,8 @@ import type { ForwarderResult, ForwardRow, PeerRow } from '../../jobs/forwarder.
 import { parseIpv6 } from '../../lib/addr/ipv6.ts'
 import { openStore } from '../../lib/core/store.ts'
 import type { KernelOutcome } from '../../lib/forwarder/kernel-plan.ts'
-import { kernelTunnelStatus } from '../../lib/forwarder/supervisor.ts'
+import { kernelTunnelStatus, tunnelFamilies } from '../../lib/forwarder/supervisor.ts'
+import { exposition } from '../../lib/core/prometheus.ts'
 import { createForwarderLab, FWLAB, isRoot, type ForwarderLab } from './forwarder-lab.ts'
 import { ROOT } from './gateway.ts'
 import { nsSh } from './ns-sh.ts'
@@ -195,6 +196,9 @@ describe.skipIf(!isRoot())('forwarder kernel mode, WireGuard over IPv6 through w
       expect(t).toMatchObject({ iface, side, transport: 'wireguard', link: 'up', remote })
       expect(t.rxBytes).toBeGreaterThan(0)
       expect(t.txBytes).toBeGreaterThan(0)
+      // One connection (UDP: one flow) each, counted by the DNAT rule of each forward on the VPS.
+      expect(t.opened).toEqual(side === 'forward' ? { web: 1, ssh: 1, echo: 1 } : {})
+      if (side === 'forward') expect(exposition(tunnelFamilies([t]))).toContain(`dualgate_forward_kernel_connections_total{forward="ssh",iface="${VPS_IF}"} 1\n`)
     }
   })
 
@@ -239,10 +243,10 @@ describe.skipIf(!isRoot())('forwarder kernel mode, WireGuard over IPv6 through w
 
   it('lists the forwards and the peer', async () => {
     const vps = (await job<List>('vps', ['list'])).result
-    expect(vps.forwards.map((f: ForwardRow) => `${f.name} ${f.mode} ${f.ports} ${f.proto} ${f.address} ${f.state}`)).toEqual([
-      `web kernel 80 tcp ${ROUTER.wanIpv6} ${VPS_IF} up`,
-      `ssh kernel 23 tcp ${ROUTER.wanIpv6} ${VPS_IF} up`,
-      `echo kernel 7 udp ${ROUTER.wanIpv6} ${VPS_IF} up`,
+    expect(vps.forwards.map((f: ForwardRow) => `${f.name} ${f.mode} ${f.ports} ${f.proto} ${f.address} ${f.state} ${f.opened}`)).toEqual([
+      `web kernel 80 tcp ${ROUTER.wanIpv6} ${VPS_IF} up 1`,
+      `ssh kernel 23 tcp ${ROUTER.wanIpv6} ${VPS_IF} up 1`,
+      `echo kernel 7 udp ${ROUTER.wanIpv6} ${VPS_IF} up 1`,
     ])
     const home = (await job<List>('router', ['list'])).result
     expect(home.peers.map((p: PeerRow) => `${p.name} ${p.iface} ${p.transport} ${p.address} ${p.link} ${p.servers.join(',')} ${p.ports}`)).toEqual([

@@ -72,7 +72,8 @@ describe('the VPS end (kernel forwards)', () => {
       'sysctl -q -w net.ipv4.ip_forward=1',
     ])
     const nft = nftInput(plan.steps)
-    expect(nft).toContain(`ip daddr ${VPS4} meta l4proto tcp th dport 8080 dnat ip to ${SERVER}:80`)
+    expect(nft).toContain(`ip daddr ${VPS4} meta l4proto tcp th dport 8080 counter name "fwd_nas" dnat ip to ${SERVER}:80`)
+    expect(nft).toContain('counter fwd_nas {')
     expect(nft).toContain('oifname "dgf-home" tcp flags syn / syn,rst tcp option maxseg size > 1412 tcp option maxseg size set 1412')
     expect(nft).toContain('oifname "dgf-home" ct status dnat accept')
     expect(nft).not.toMatch(/snat|masquerade/)
@@ -137,7 +138,7 @@ describe('the VPS end (kernel forwards)', () => {
     expect(plan.steps).toEqual([])
     const record: ForwarderTunnelRecord = { side: 'forward', transport: 'ipip6', names: ['ssh'], remote: HOME6, routes: [`${SERVER}/32`], since: NOW }
     const made = planKernel(input(ssh, { records: { 'dgf-home': record }, system: emptySystem({ listeners }) }))
-    expect(nftInput(made.steps)).toContain(`ip daddr ${VPS4} meta l4proto tcp th dport 22 dnat ip to ${SERVER}`)
+    expect(nftInput(made.steps)).toContain(`ip daddr ${VPS4} meta l4proto tcp th dport 22 counter name "fwd_ssh" dnat ip to ${SERVER}`)
   })
 
   it('fails a forward on 4 when the WAN has no IPv4, and never touches a link of the name it did not make', () => {
@@ -179,10 +180,10 @@ describe('the VPS end (kernel forwards)', () => {
 describe('DNAT rules', () => {
   const f = (o: Partial<KernelForward>): KernelForward => ({ ...(configuredForwards(vpsConfig())[0] as KernelForward), ...o })
   it.each([
-    [{ ports: [8080, 8080], targetPort: 80 }, `ip daddr ${VPS4} meta l4proto tcp th dport 8080 dnat ip to ${SERVER}:80`],
-    [{ ports: [8000, 8100], targetPort: 8000, protos: ['tcp', 'udp'] }, `ip daddr ${VPS4} meta l4proto { tcp, udp } th dport 8000-8100 dnat ip to ${SERVER}`],
-    [{ ports: [9000, 9002], targetPort: 7000 }, `ip daddr ${VPS4} meta l4proto tcp th dport 9000-9002 dnat ip to th dport map { 9000 : ${SERVER} . 7000, 9001 : ${SERVER} . 7001, 9002 : ${SERVER} . 7002 }`],
-    [{ ports: undefined, targetPort: undefined }, `ip daddr ${VPS4} meta l4proto tcp dnat ip to ${SERVER}`],
+    [{ ports: [8080, 8080], targetPort: 80 }, `ip daddr ${VPS4} meta l4proto tcp th dport 8080 counter name "fwd_nas" dnat ip to ${SERVER}:80`],
+    [{ ports: [8000, 8100], targetPort: 8000, protos: ['tcp', 'udp'] }, `ip daddr ${VPS4} meta l4proto { tcp, udp } th dport 8000-8100 counter name "fwd_nas" dnat ip to ${SERVER}`],
+    [{ ports: [9000, 9002], targetPort: 7000 }, `ip daddr ${VPS4} meta l4proto tcp th dport 9000-9002 counter name "fwd_nas" dnat ip to th dport map { 9000 : ${SERVER} . 7000, 9001 : ${SERVER} . 7001, 9002 : ${SERVER} . 7002 }`],
+    [{ ports: undefined, targetPort: undefined }, `ip daddr ${VPS4} meta l4proto tcp counter name "fwd_nas" dnat ip to ${SERVER}`],
   ] as [Partial<KernelForward>, string][])('%j', (o, rule) => {
     expect(dnatRule({ forward: f(o), listen: VPS4 })).toBe(rule)
   })
