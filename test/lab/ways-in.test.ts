@@ -1,16 +1,21 @@
-// GET /metrics as Prometheus takes it: a lab gateway with an active device, a port forward, NAT64 running, the
-// SOCKS5 server and a WireGuard tunnel (wireguard-go) whose routed prefix gives the device an address the relay
-// listens on; traffic through the relay and a job run through the API; then promtool (Debian's prometheus
-// package) checks the whole page, parse and lint, and the families the issue asks for are there with values
-// that follow from what the lab did.
+// The ways in, against a lab gateway with an active device, a port forward, NAT64 running, the SOCKS5 server and
+// a WireGuard tunnel (wireguard-go) whose routed prefix gives the device an address the relay listens on:
+// - GET /metrics as Prometheus takes it: after traffic through the relay and a job run through the API,
+//   promtool (Debian's prometheus package) checks the whole page, parse and lint, and the families the issue
+//   asks for are there with values that follow from what the lab did;
+// - MCP on the runner's unix socket through `socat UNIX-CONNECT:... STDIO`, with the official SDK's client:
+//   every read tool answers what the API answers on this gateway.
 import { execFile, execFileSync, spawn } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
 import path from 'node:path'
+import { Client } from '@modelcontextprotocol/sdk/client/index.js'
+import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { eui64Address } from '../../lib/addr/ipv6.ts'
 import type { Forward } from '../../lib/core/schema.ts'
+import type { GatewayStatus } from '../../lib/devices/status.ts'
 import type { TunnelStatus } from '../../lib/tunnels/supervisor.ts'
-import { api, API_PORT, runJob, startRunner, until, type LabRunner } from './gateway.ts'
+import { api, API_PORT, gatewayEnv, runJob, startRunner, until, type LabRunner } from './gateway.ts'
 import { createLab, isRoot, type Lab } from './lab.ts'
 
 const TARGET = '2001:db8:ff::10'
@@ -43,7 +48,7 @@ function samples(text: string, name: string): Map<string, number> {
   return out
 }
 
-describe.skipIf(!isRoot())('GET /metrics checked by promtool (lab)', () => {
+describe.skipIf(!isRoot())('GET /metrics checked by promtool, and MCP with the SDK client (lab)', () => {
   let lab: Lab
   let runner: LabRunner | undefined
   let env: Record<string, string> = {}
@@ -187,4 +192,82 @@ describe.skipIf(!isRoot())('GET /metrics checked by promtool (lab)', () => {
     const forwarder = [...types.keys()].filter((n) => n.startsWith('dualgate_forward_'))
     console.info(`metrics: ${types.size} families, ${text.split('\n').filter((l) => l && !l.startsWith('#')).length} samples, ${Buffer.byteLength(text)} bytes; forwarder families: ${forwarder.length ? forwarder.join(', ') : 'none yet'}`)
   })
+  it('MCP on the runner\'s socket, with the SDK client: every read tool answers what the API answers on this gateway', async () => {
+    const get = async (p: string) => {
+      const r = await api(lab, 'GET', p)
+      expect(r.status, p).toBe(200)
+      return r.body
+    }
+    const dev = lab.devices[0]
+    const client = new Client({ name: 'dualgate-lab', version: '1.0.0' })
+    await client.connect(new StdioClientTransport({ command: 'socat', args: [`UNIX-CONNECT:${path.join(gatewayEnv(lab).DUALGATE_RUN_DIR, 'mcp.sock')}`, 'STDIO'], stderr: 'pipe' }))
+    try {
+      const call = async (name: string, args: Record<string, unknown> = {}) => {
+        const r = await client.callTool({ name, arguments: args })
+        expect(r.isError, `${name}: ${JSON.stringify(r.content)}`).toBeFalsy()
+        return r.structuredContent as Record<string, unknown>
+      }
+      // Live measurements (a tunnel's latency, byte counters) move between two calls: those are compared by
+      // what does not.
+      const names = (x: unknown) => (x as { tunnels: { name: string; state: string }[] }).tunnels.map((t) => `${t.name} ${t.state}`)
+      const checks: Record<string, () => Promise<void>> = {
+        gateway_status: async () => {
+          const steady = (x: unknown) => {
+            const st = x as GatewayStatus
+            return { devices: st.devices, runner: st.runner, interfaces: st.interfaces.map((i) => `${i.role} ${i.ifname} ${i.up}`) }
+          }
+          expect(steady(await call('gateway_status'))).toEqual(steady(await get('/status')))
+        },
+        health: async () => {
+          const steady = (x: unknown) => {
+            const h = x as Record<string, unknown>
+            return { ok: h.ok, version: h.version, store: h.store }
+          }
+          expect(steady(await call('health'))).toEqual(steady(await get('/health')))
+        },
+        list_devices: async () => {
+          expect(await call('list_devices')).toEqual({ devices: await get('/devices') })
+          expect((await call('list_devices', { status: 'active' })).devices).toMatchObject([{ mac: dev.mac, status: 'active' }])
+        },
+        get_device: async () => expect(await call('get_device', { mac: dev.mac })).toEqual(await get(`/devices/${dev.mac}`)),
+        device_log: async () => {
+          const r = await call('device_log', { mac: dev.mac, lines: 20 })
+          expect(r).toEqual(await get(`/devices/${dev.mac}/log?lines=20`))
+          expect((r.lines as { msg: string }[]).some((l) => l.msg.includes('active'))).toBe(true)
+        },
+        list_forwards: async () => {
+          const r = await call('list_forwards')
+          expect(r).toEqual({ forwards: await get('/forwards') })
+          expect(r.forwards).toMatchObject([{ gatewayPort: 8080, deviceIp: dev.lanIpv4 }])
+        },
+        relay_listeners: async () => expect(await call('relay_listeners')).toEqual(await get('/relay')),
+        nat64: async () => expect(await call('nat64')).toEqual(await get('/nat64')),
+        clat: async () => expect(await call('clat')).toEqual(await get('/clat')),
+        tunnels: async () => expect(names(await call('tunnels'))).toEqual(names(await get('/tunnels'))),
+        ipv6_addresses: async () => expect(await call('ipv6_addresses')).toEqual(await get('/v6/address')),
+        forwarder_targets: async () => expect(await call('forwarder_targets')).toEqual(await get('/forwarder')),
+        list_jobs: async () => {
+          const jobs = (await call('list_jobs')).jobs as { name: string; runs: number }[]
+          expect(jobs.map((j) => `${j.name} ${j.runs}`)).toEqual((await get('/jobs') as { name: string; runs: number }[]).map((j) => `${j.name} ${j.runs}`))
+        },
+        job_runs: async () => expect(await call('job_runs', { job: 'scan-arp', limit: 1 })).toMatchObject({ job: 'scan-arp', runs: 1, recent: [{ job: 'scan-arp', ok: true }] }),
+        diagnose: async () => {
+          const checks = (await call('diagnose')).checks as { id: string; status: string }[]
+          expect(checks.find((c) => c.id === 'api')?.status).toBe('pass')
+          expect(checks.find((c) => c.id === 'nft')?.status).toBe('pass')
+        },
+      }
+      const { tools } = await client.listTools()
+      expect(tools.map((t) => t.name).sort()).toEqual(Object.keys(checks).sort())
+      for (const t of tools) {
+        try {
+          await checks[t.name]()
+        } catch (err) {
+          throw new Error(`tool ${t.name}: ${(err as Error).message}`)
+        }
+      }
+    } finally {
+      await client.close()
+    }
+  }, 60_000)
 })
