@@ -417,7 +417,7 @@ const DEFAULT_SCHEDULES: Record<string, string> = {
   diagnose: '17 * * * *',
   tunnels: '*/5 * * * *',
   'he-update': '*/15 * * * *',
-  forwarder: '*/1 * * * *',
+  forwarder: '*/15 * * * *',
 }
 
 export interface Loaded {

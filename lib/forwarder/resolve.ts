@@ -37,9 +37,9 @@ const canonical = (address: string, family: 4 | 6): string | undefined => {
   return bytes ? formatIpv6(bytes) : undefined
 }
 
-/** The address to use from an answer: `current` while the answer holds it, else the lowest; undefined when none is valid. */
-export function pickAddress(answers: unknown, family: 4 | 6, current?: string): Answer | undefined {
-  if (!Array.isArray(answers)) return undefined
+/** The valid addresses of an answer of `family`, canonical, among its first MAX_ANSWERS records. */
+export function validAnswers(answers: unknown, family: 4 | 6): Answer[] {
+  if (!Array.isArray(answers)) return []
   const valid: Answer[] = []
   for (const a of answers.slice(0, MAX_ANSWERS) as { address?: unknown; ttl?: unknown }[]) {
     const address = typeof a?.address === 'string' ? canonical(a.address, family) : undefined
@@ -47,6 +47,12 @@ export function pickAddress(answers: unknown, family: 4 | 6, current?: string): 
     const ttl = typeof a.ttl === 'number' && Number.isFinite(a.ttl) && a.ttl >= 0 ? a.ttl : Infinity
     valid.push({ address, ttl })
   }
+  return valid
+}
+
+/** The address to use from an answer: `current` while the answer holds it, else the lowest; undefined when none is valid. */
+export function pickAddress(answers: unknown, family: 4 | 6, current?: string): Answer | undefined {
+  const valid = validAnswers(answers, family)
   if (valid.length === 0) return undefined
   return valid.find((a) => a.address === current) ?? valid.sort((a, b) => (a.address < b.address ? -1 : a.address > b.address ? 1 : 0))[0]
 }

@@ -5,18 +5,22 @@
 // address moves the forward's listeners in place: new connections go to the new address, those to the old one
 // are closed after forwarderGrace, and the change is notified (./notify.ts). A name that does not resolve keeps
 // its last good address; a forward that never resolved, or whose port is taken, gets an error naming it in
-// the log (once) and in GET /forwarder, and nothing else changes.
+// the log (once) and in GET /forwarder, and nothing else changes. Kernel mode is the forwarder job's: the
+// runner only watches its tunnels' names and asks for a run when one moves (./kernel-watch.ts).
 import { hasRole, type Config } from '../core/config.ts'
 import { openFileLimit } from '../core/limits.ts'
 import { exposition, type Family } from '../core/prometheus.ts'
 import type { Store } from '../core/store.ts'
 import type { Sh } from '../core/exec.ts'
 import { defineSupervisor } from '../core/supervisor.ts'
+import { requestRun } from '../core/trigger.ts'
 import { getIp6tnlLink } from '../net/ip6tnl.ts'
 import { readCounters } from '../net/nft.ts'
 import { createRelay, ruleKey, type ApplyResult, type RelayLogLevel } from '../reach/relay.ts'
 import { configuredForwards, forwardsProblem, type Forward, type RelayForward } from './config.ts'
+import { kernelTunnels } from './kernel-apply.ts'
 import { forwardCounter, FWD_NFT_TABLE } from './kernel-plan.ts'
+import { createKernelWatch, namedFarEnds, type WatchedName } from './kernel-watch.ts'
 import { createNotifier, type Notifier } from './notify.ts'
 import { listenerCount, relayPlan } from './relay-plan.ts'
 import { createTargetTracker, dnsLookup, type Lookup, type TargetTracker } from './resolve.ts'
@@ -264,9 +268,33 @@ export const forwarderSupervisor = defineSupervisor({
       return { forwards: list, problem, openFileLimit: openFileLimit() }
     }
 
+    const watch = createKernelWatch()
+    let watching: Promise<void> | undefined
+
+    /** The kernel tunnels' far ends by name: a move asks for the forwarder job (kernel-watch.ts); never waited for. */
+    function watchKernelNames(c: Config): void {
+      if (watching) return
+      let names: WatchedName[]
+      try {
+        names = namedFarEnds(kernelTunnels(c))
+      } catch {
+        return // a config problem: the job says it
+      }
+      if (names.length === 0) return
+      watching = (async () => {
+        const moved = await watch.pass(names, (await store.snapshot()).forwarderTunnels, lookupFor(c), c.forwarderResolveInterval)
+        if (moved.length === 0) return
+        for (const m of moved) say('info', `${m.name} resolves to ${m.to.join(', ')}${m.from ? `, no longer ${m.from}` : ''}: asking the forwarder job to follow on ${m.iface}`)
+        await requestRun(c, 'forwarder', 'forwarder', 'resolved')
+      })()
+        .catch((err: Error) => say('warn', `watching the kernel tunnels' names: ${err.message}`))
+        .finally(() => { watching = undefined })
+    }
+
     return {
       async pass() {
         const c = config()
+        watchKernelNames(c)
         const configured = hasRole(c, 'forwarder') ? configuredForwards(c) : []
         const nextProblem = forwardsProblem(configured)
         if (nextProblem !== problem && nextProblem) say('error', `${nextProblem}; the relay forwards are left as they are until this is fixed`)

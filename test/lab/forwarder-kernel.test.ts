@@ -18,10 +18,12 @@ import { exposition } from '../../lib/core/prometheus.ts'
 import { createForwarderLab, FWLAB, isRoot, type ForwarderLab } from './forwarder-lab.ts'
 import { ROOT } from './gateway.ts'
 import { nsSh } from './ns-sh.ts'
+import { isAlive, kill, waitFor } from './proc.ts'
 
 const { vps: VPS, router: ROUTER, server: SERVER, client4: CLIENT4, client6: CLIENT6, dns: DNS } = FWLAB
 const WG_PORT = 51830
 const VPS_IF = 'dgf-home'
+const WATCH_INTERVAL_S = 5
 const HOME_IF = 'dgp-vps'
 const ROUTER_NEW_V6 = '2001:db8:200::3'
 
@@ -258,13 +260,29 @@ describe.skipIf(!isRoot())('forwarder kernel mode, WireGuard over IPv6 through w
     expect(text.stdout).toContain(ROUTER.wanIpv6)
   })
 
-  it('follows the home\'s new address when its name changes', async () => {
-    await x('router', 'ip', ['-6', 'addr', 'add', `${ROUTER_NEW_V6}/64`, 'dev', 'eth0', 'nodad'])
-    await lab.dns.set(DNS.router, { aaaa: ROUTER_NEW_V6 })
-    await x('router', 'ip', ['-6', 'addr', 'del', `${ROUTER.wanIpv6}/64`, 'dev', 'eth0'])
-    const r = await reconcile('vps')
-    expect(r.tunnels.map((t) => `${t.action} ${t.remote}`)).toEqual([`changed ${ROUTER_NEW_V6}`])
-    expect(await wgEndpoint()).toBe(`[${ROUTER_NEW_V6}]:${WG_PORT}`)
+  it('follows the home\'s new address when its name changes: the VPS\'s runner sees the move and runs the job', async () => {
+    // The runner with the job's schedule off: only its watch over the tunnel's name can start the job.
+    const runnerLog = path.join(lab.dir, 'vps-runner.log')
+    const runner = lab.spawn(lab.ns.vps, process.execPath, ['--import=tsx', path.join(ROOT, 'lib/runner/main.ts')], {
+      log: runnerLog,
+      env: { ...envOf('vps'), DUALGATE_API_PORT: '5074', DUALGATE_SCHEDULE_FORWARDER: '', DUALGATE_SCHEDULE_DIAGNOSE: '', DUALGATE_FORWARDER_RESOLVE_INTERVAL: String(WATCH_INTERVAL_S) },
+    })
+    try {
+      // Its start-up run of the job finds everything as it is.
+      await waitFor('the runner\'s first forwarder run', 30_000, () => /forwarder \(start\): ok/.test(readFileSync(runnerLog, 'utf8')))
+      await x('router', 'ip', ['-6', 'addr', 'add', `${ROUTER_NEW_V6}/64`, 'dev', 'eth0', 'nodad'])
+      await lab.dns.set(DNS.router, { aaaa: ROUTER_NEW_V6 })
+      await x('router', 'ip', ['-6', 'addr', 'del', `${ROUTER.wanIpv6}/64`, 'dev', 'eth0'])
+      const t0 = Date.now()
+      await waitFor('the tunnel\'s endpoint to follow', (WATCH_INTERVAL_S + 20) * 1000, async () => (await wgEndpoint()) === `[${ROUTER_NEW_V6}]:${WG_PORT}`, 250)
+      console.info(`forwarder-kernel: the tunnel followed a changed AAAA in ${((Date.now() - t0) / 1000).toFixed(1)} s (watch interval ${WATCH_INTERVAL_S} s)`)
+      const said = readFileSync(runnerLog, 'utf8')
+      expect(said).toContain(`${DNS.router} resolves to ${ROUTER_NEW_V6}, no longer ${ROUTER.wanIpv6}: asking the forwarder job to follow on ${VPS_IF}`)
+      expect(said).toMatch(/forwarder \(event[^)]*\): ok/)
+    } finally {
+      kill(runner, 'SIGTERM')
+      await waitFor('the VPS\'s runner to stop', 10_000, () => !isAlive(runner))
+    }
     await clientReaches()
     expect((await reconcile('vps')).changes).toBe(0)
   })
