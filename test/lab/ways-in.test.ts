@@ -240,7 +240,13 @@ describe.skipIf(!isRoot())('GET /metrics checked by promtool, and MCP with the S
           expect(r).toEqual({ forwards: await get('/forwards') })
           expect(r.forwards).toMatchObject([{ gatewayPort: 8080, deviceIp: dev.lanIpv4 }])
         },
-        relay_listeners: async () => expect(await call('relay_listeners')).toEqual(await get('/relay')),
+        relay_listeners: async () => {
+          const steady = (x: unknown) => {
+            const r = x as Record<string, unknown>
+            return { rules: r.rules, failed: r.failed }
+          }
+          expect(steady(await call('relay_listeners'))).toEqual(steady(await get('/relay')))
+        },
         nat64: async () => expect(await call('nat64')).toEqual(await get('/nat64')),
         clat: async () => expect(await call('clat')).toEqual(await get('/clat')),
         tunnels: async () => expect(names(await call('tunnels'))).toEqual(names(await get('/tunnels'))),
