@@ -76,7 +76,10 @@ const FORWARDER: ForwarderView = {
     address: '2001:db8:ea::22', family: 6, resolvedAt: iso(120), resolveFailures: 0, targetChanges: 1, listening: true,
     listeners: { wanted: 1, open: 1, failed: 0 }, connections: 1, connectionsTotal: 4, udpSessions: 0, bytes: 81_920,
   }],
-  tunnels: [],
+  tunnels: [{
+    iface: 'dgf-home', side: 'forward', names: ['nas', 'web'], transport: 'wireguard', remote: '2001:db8:200::2', changedAt: iso(600),
+    link: 'up', rxBytes: 1_048_576, txBytes: 2_097_152, opened: { nas: 3, web: 12 },
+  }],
   openFileLimit: 1024,
 }
 
@@ -257,6 +260,11 @@ describe.skipIf(!hasChromium && !isRoot())('status page in headless Chromium', (
     const forwarder = await page.$eval('#forwarder-rows', (n) => n.textContent)
     expect(forwarder).toContain('home.example.net:22')
     expect(forwarder).toContain('listening')
+    const kernel = await page.$eval('#forwarder-tunnels', (n) => n.textContent)
+    expect(kernel).toContain('dgf-home')
+    expect(kernel).toContain('2001:db8:200::2')
+    expect(kernel).toContain('web: 12 opened')
+    expect(kernel).toContain('1.0 MiB in')
 
     // The search filters the rows.
     await page.type('#device-search', 'print')

@@ -364,10 +364,27 @@ function renderRelay(body) {
   })
 }
 
-/** GET /forwarder: the relay-mode forwards of a forwarder host (none elsewhere: the panel stays hidden). */
+/**
+ * GET /forwarder: the relay-mode forwards of a forwarder host, and the kernel-mode tunnels dualgate made here
+ * (a VPS's to its homes, a home router's to its VPS); none of either: the panel stays hidden.
+ */
 function renderForwarder(body) {
   const list = Array.isArray(body?.forwards) ? body.forwards : []
-  $('forwarder').hidden = list.length === 0 && !body?.problem
+  const tunnels = Array.isArray(body?.tunnels) ? body.tunnels : []
+  $('forwarder').hidden = list.length === 0 && tunnels.length === 0 && !body?.problem
+  $('forwarder-relay').hidden = list.length === 0
+  $('forwarder-kernel').hidden = tunnels.length === 0
+  syncChildren($('forwarder-tunnels'), tunnels, (t) => t.iface, () => makeRow(['', 'Far end', 'Carries', 'State']), (tr, t) => {
+    const [iface, far, carries, state] = tr.children
+    setClass(iface, 'head')
+    twoLines(iface, t.iface, `${t.transport}, ${t.side === 'peer' ? 'to the VPS' : 'to a home'}`)
+    twoLines(far, t.remote || 'not resolved', t.resolveError ? `cannot resolve: ${t.resolveError}` : t.changedAt ? `since ${ago(t.changedAt)}` : '', 'mono')
+    const opened = t.opened || {}
+    setText(carries, (t.names || []).map((n) => (n in opened ? `${n}: ${opened[n]} opened` : n)).join('\n'))
+    if (!state.firstChild) state.append(make('span'), make('span', 'sub'))
+    badge(state.firstChild, t.link, t.link === 'up' ? 'ok' : 'bad')
+    setText(state.lastChild, `${bytes(t.rxBytes)} in, ${bytes(t.txBytes)} out`)
+  })
   setText($('forwarder-problem'), body?.problem)
   $('forwarder-problem').hidden = !body?.problem
   syncChildren($('forwarder-rows'), list, (f) => f.name, () => makeRow(['', 'Listens on', 'To', 'State']), (tr, f) => {
