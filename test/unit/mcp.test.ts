@@ -4,7 +4,7 @@
 // The runner is the real process with a temp data dir holding a few devices, a forward and job runs.
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
-import { connect, createServer } from 'node:net'
+import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -21,6 +21,7 @@ import { emptyData } from '../../lib/core/schema.ts'
 import type { Backend } from '../../lib/mcp/backend.ts'
 import { listenMcpSocket } from '../../lib/mcp/transport.ts'
 import { waitFor } from './wait.ts'
+import { freePort } from './free-port.ts'
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const FIXTURES = path.join(ROOT, 'test/fixtures/jobs')
@@ -31,17 +32,6 @@ function tempDir(): string {
   const dir = mkdtempSync(path.join(tmpdir(), 'dualgate-mcp-'))
   dirs.push(dir)
   return dir
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer()
-    srv.once('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number }
-      srv.close(() => resolve(port))
-    })
-  })
 }
 
 function device(mac: string, status: DeviceStatus, n: number): Device {

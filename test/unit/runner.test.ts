@@ -2,7 +2,6 @@
 // jobs (test/fixtures/jobs), a temp data dir, the real shim, and a free port on 127.0.0.1.
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -17,6 +16,7 @@ import { discoverJobs } from '../../lib/runner/jobs.ts'
 import { wantedSchedules } from '../../lib/runner/schedule.ts'
 import { parseData, type Data } from '../../lib/core/schema.ts'
 import { waitFor } from './wait.ts'
+import { freePort } from './free-port.ts'
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const SHIM = path.join(ROOT, 'hooks/dualgate-event')
@@ -282,17 +282,6 @@ afterEach(async () => {
     }
   }
 })
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer()
-    srv.once('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number }
-      srv.close(() => resolve(port))
-    })
-  })
-}
 
 function runnerEnv(dataDir: string, port: number, extra: Record<string, string>): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {}
