@@ -226,9 +226,9 @@ const clamp = (dir: 'iifname' | 'oifname', iface: string, mtu: number) =>
 /** The table's definition without its stamp; empty when there is nothing to hold. */
 export function nftBody(vps: VpsPart[], home: HomePart[]): string {
   if (vps.length === 0 && home.length === 0) return ''
-  const chains: string[] = vps.flatMap((t) => t.dnat.map((d) => `  counter ${forwardCounter(d.forward.name)} {\n  }`))
+  const parts: string[] = vps.flatMap((t) => t.dnat.map((d) => `  counter ${forwardCounter(d.forward.name)} {\n  }`))
   const chain = (name: string, hook: string, rules: string[]) => {
-    if (rules.length > 0) chains.push(`  chain ${name} {\n    ${hook}\n${rules.map((r) => `    ${r}\n`).join('')}  }`)
+    if (rules.length > 0) parts.push(`  chain ${name} {\n    ${hook}\n${rules.map((r) => `    ${r}\n`).join('')}  }`)
   }
   chain('dnat_in', 'type nat hook prerouting priority dstnat; policy accept;', vps.flatMap((t) => t.dnat.map(dnatRule)))
   const keep = hex(~MARK_MASK >>> 0)
@@ -259,7 +259,7 @@ export function nftBody(vps: VpsPart[], home: HomePart[]): string {
     `iifname "${t.iface}" ct state established,related accept`,
     `iifname "${t.iface}" drop`,
   ]))
-  return chains.join('\n')
+  return parts.join('\n')
 }
 
 export function nftStamp(body: string): string {
